@@ -1,0 +1,66 @@
+"""The hooks a metareg plugin may implement.
+
+A plugin is any module or object registered under the ``metareg`` entry-point group (built-ins
+included: they load through exactly the same path as a third party's package).  It marks its
+functions with :data:`metareg.hookimpl`; a function whose name matches no hook below is an error
+(a misspelt ``register_algorithm`` would otherwise be silently ignored).
+
+Registration hooks receive a ``register`` callback instead of returning lists, so the registry
+knows which plugin registered what (shown by ``metareg list``) and can reject duplicates by
+naming both plugins.  No hook is called at import time: the plugin manager calls them on first
+use of the registry.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+__all__ = ["hookspec", "hookimpl", "PROJECT"]
+
+PROJECT = "metareg"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+@hookspec
+def register_algorithms(register):
+    """Register learners and multi-task combiners.
+
+    Call ``register(cls)`` for each class decorated with :func:`metareg.algorithm` (or
+    :func:`metareg.combiner`); the decorator holds the spec (name, kind, family, summary, paper,
+    config class), the call is what makes it visible.
+    """
+
+
+@hookspec
+def register_benchmarks(register):
+    """Register task distributions: ``register(cls)`` for classes decorated with
+    :func:`metareg.benchmark`."""
+
+
+@hookspec
+def register_backbones(register):
+    """Register task-batched networks: ``register(fn)`` for factories decorated with
+    :func:`metareg.backbone`."""
+
+
+@hookspec
+def register_commands(cli):
+    """Add click commands to the ``metareg`` command group ``cli`` (``cli.add_command(cmd)``)."""
+
+
+@hookspec
+def on_run_start(run):
+    """A run is about to train.  ``run`` is the :class:`metareg.runner.Run` (config, learner,
+    benchmark, output directory)."""
+
+
+@hookspec
+def on_step_end(run, step, metrics):
+    """Outer step ``step`` (1-based) finished; ``metrics`` is a dict of floats (loss, and the
+    evaluation metrics on steps where a periodic evaluation ran)."""
+
+
+@hookspec
+def on_run_end(run, summary):
+    """The run finished (or was interrupted: ``summary["status"]`` says which)."""

@@ -1,0 +1,142 @@
+"""Task-batched functional networks over one flat parameter buffer.
+
+A :class:`FunctionalNet` is a sequence of layers whose parameters live in a single flat vector
+(``[P]``, shared by all tasks) or matrix (``[T, P]``, one row of fast weights per task).  Each
+layer reads its tensors as *views* of that buffer (``split`` + ``view``: no copy forward, one
+``cat`` backward), and every forward is batched over the task dimension, so a meta-learner never
+loops over tasks in Python and an inner update is one op on the whole ``[T, P]`` buffer.
+
+Shapes: inputs ``[T, N, *in_shape]``, outputs ``[T, N, out_dim]``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = ["Layer", "Linear", "ReLU", "Flatten", "FunctionalNet"]
+
+
+class Layer:
+    """One layer: its parameter shapes, an initialiser and a task-batched forward."""
+
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def init(self, name: str, shape: tuple[int, ...], generator: torch.Generator | None, dtype: torch.dtype) -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, p: dict[str, Tensor], x: Tensor, batched: bool) -> Tensor:
+        """``p`` holds this layer's tensors, with a leading T dimension when ``batched``."""
+        raise NotImplementedError
+
+
+class Linear(Layer):
+    def __init__(self, in_features: int, out_features: int) -> None:
+        self.in_features, self.out_features = in_features, out_features
+        self.shapes = (("weight", (out_features, in_features)), ("bias", (out_features,)))
+
+    def init(self, name, shape, generator, dtype):
+        # nn.Linear's default (Kaiming-uniform with a=sqrt(5) reduces to U(-1/sqrt(in), 1/sqrt(in)))
+        bound = 1.0 / math.sqrt(self.in_features)
+        return (torch.rand(shape, generator=generator, dtype=dtype) * 2 - 1) * bound
+
+    def forward(self, p, x, batched):
+        w, b = p["weight"], p["bias"]
+        if not batched:
+            return F.linear(x, w, b)
+        # x [T, N, in] @ w^T [T, in, out] + b [T, 1, out] in one batched GEMM
+        lead = x.shape[1:-1]
+        xt = x.reshape(x.shape[0], -1, x.shape[-1])
+        out = torch.baddbmm(b.unsqueeze(1), xt, w.transpose(1, 2))
+        return out.view(x.shape[0], *lead, self.out_features)
+
+
+class ReLU(Layer):
+    def forward(self, p, x, batched):
+        return torch.relu(x)
+
+
+class Flatten(Layer):
+    """Flatten everything after ``[T, N]``."""
+
+    def forward(self, p, x, batched):
+        return x.flatten(2)
+
+
+class FunctionalNet:
+    """Layers over one flat parameter buffer; ``head_from`` marks where the task head starts."""
+
+    def __init__(self, layers: Sequence[Layer], *, head_from: int | None = None, out_dim: int) -> None:
+        self.layers = list(layers)
+        self.out_dim = out_dim
+        self.head_from = len(self.layers) - 1 if head_from is None else head_from
+        self.names: list[str] = []
+        self.sizes: list[int] = []
+        self.shapes: list[tuple[int, ...]] = []
+        self._layer_ranges: list[tuple[int, int]] = []  # index range into names per layer
+        self._offsets = [0]
+        for i, layer in enumerate(self.layers):
+            start = len(self.names)
+            for pname, shape in layer.shapes:
+                self.names.append(f"{i}.{pname}")
+                self.shapes.append(tuple(shape))
+                self.sizes.append(math.prod(shape))
+                self._offsets.append(self._offsets[-1] + self.sizes[-1])
+            self._layer_ranges.append((start, len(self.names)))
+        self.num_params = self._offsets[-1]
+
+    # -- layout ----------------------------------------------------------------------------
+    def offset(self, layer: int) -> int:
+        """Flat offset of the first parameter of ``layer`` (``len(layers)`` gives P)."""
+        if layer >= len(self.layers):
+            return self.num_params
+        return self._offsets[self._layer_ranges[layer][0]]
+
+    @property
+    def head_offset(self) -> int:
+        return self.offset(self.head_from)
+
+    def init_flat(self, generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32) -> Tensor:
+        parts = []
+        for i, layer in enumerate(self.layers):
+            for pname, shape in layer.shapes:
+                parts.append(layer.init(pname, tuple(shape), generator, dtype).reshape(-1))
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
+
+    def views(self, flat: Tensor, start: int = 0, end: int | None = None) -> list[dict[str, Tensor]]:
+        """Per-layer dicts of views into ``flat`` ([..., P_range]) for layers ``start:end``."""
+        end = len(self.layers) if end is None else end
+        first, last = self._layer_ranges[start][0] if start < len(self.layers) else len(self.names), (
+            self._layer_ranges[end - 1][1] if end > start else self._layer_ranges[start][0]
+        )
+        expect = self._offsets[last] - self._offsets[first]
+        if flat.shape[-1] != expect:
+            raise ValueError(f"flat parameters for layers {start}:{end} need {expect} entries, got {flat.shape[-1]}")
+        lead = flat.shape[:-1]
+        chunks = torch.split(flat, self.sizes[first:last], dim=-1) if last > first else []
+        out: list[dict[str, Tensor]] = []
+        k = 0
+        for i in range(start, end):
+            a, b = self._layer_ranges[i]
+            d = {}
+            for j in range(a, b):
+                d[self.names[j].split(".", 1)[1]] = chunks[k].view(*lead, *self.shapes[j])
+                k += 1
+            out.append(d)
+        return out
+
+    def forward(self, flat: Tensor, x: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        """Run layers ``start:end`` on ``x`` [T, N, ...] with parameters ``flat`` [P_range] or
+        [T, P_range]; returns [T, N, ...]."""
+        end = len(self.layers) if end is None else end
+        batched = flat.dim() == 2
+        for layer, p in zip(self.layers[start:end], self.views(flat, start, end)):
+            x = layer.forward(p, x, batched)
+        return x
+
+    def __call__(self, flat: Tensor, x: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+        return self.forward(flat, x, start, end)
