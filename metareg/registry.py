@@ -53,8 +53,8 @@ class AlgorithmSpec:
     factory: Callable[..., Any]
     role: Literal["learner", "combiner"] = "learner"
     requires: frozenset[str] = frozenset()
-    run_defaults: Mapping[str, Any] = _EMPTY
-    presets: Mapping[str, Mapping[str, Any]] = _EMPTY
+    run_defaults: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY)
+    presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=lambda: _EMPTY)
     plugin: str = ""
     package: str = ""
 

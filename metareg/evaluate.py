@@ -1,0 +1,66 @@
+"""Few-shot evaluation shared by both paradigms: adapt on K support examples, score the query set.
+
+Every learner answers :meth:`~metareg.learners.Learner.adapt_predict`, so meta-learners and
+multi-task learners are scored on the same held-out tasks (drawn from a generator seeded
+independently of training, so every algorithm run with the same seed sees the same tasks).
+Results are reported as papers do: the mean over tasks and a 95% confidence interval.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from .tasks.base import TaskDistribution, task_metric
+
+__all__ = ["evaluate", "metric_name"]
+
+
+def metric_name(metric: str, k: int) -> str:
+    """``mse_before``, ``mse_after_1_step``, ``mse_after_10_steps`` ..."""
+    if k == 0:
+        return f"{metric}_before"
+    return f"{metric}_after_{k}_step{'s' if k != 1 else ''}"
+
+
+def evaluate(
+    learner,
+    bench: TaskDistribution,
+    *,
+    num_tasks: int,
+    steps: Sequence[int],
+    generator: torch.Generator,
+    chunk: int = 100,
+    split: str = "test",
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, float]:
+    """Mean and 95% CI of the benchmark metric over ``num_tasks`` held-out tasks, after each
+    number of adaptation steps in ``steps``."""
+    metric = bench.info.metric
+    per_step: dict[int, list[torch.Tensor]] = {}
+    was_training = learner.training
+    learner.eval()
+    try:
+        done = 0
+        while done < num_tasks:
+            n = min(chunk, num_tasks - done)
+            batch = bench.eval_batch(generator, n, split).to(device, dtype)
+            preds = learner.adapt_predict(batch, steps)
+            for k, pred in preds.items():
+                per_step.setdefault(k, []).append(task_metric(pred, batch.query_y, metric).double().cpu())
+            done += n
+    finally:
+        learner.train(was_training)
+    out: dict[str, float] = {}
+    for k in sorted(per_step):
+        vals = torch.cat(per_step[k])
+        mean = vals.mean().item()
+        ci = 1.96 * vals.std(unbiased=True).item() / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
+        name = metric_name(metric, k)
+        out[name] = mean
+        out[name + "_ci95"] = ci
+    out["eval_tasks"] = num_tasks
+    return out

@@ -1,0 +1,59 @@
+"""How a multi-task learner turns T task losses into one update of its shared parameters.
+
+Two shapes, one class:
+
+* loss weighting (equal, uncertainty, DWA, ...): :meth:`Combiner.loss` maps the per-task losses
+  [T] to the scalar objective that is back-propagated;
+* gradient aggregation (PCGrad, MGDA, CAGrad, UPGrad, ...; torchjd's ``Aggregator`` shape): with
+  ``needs_jacobian = True`` the learner hands :meth:`Combiner.aggregate` the task Jacobian of the
+  shared parameters [T, P] and uses the returned [P] vector as their gradient.
+
+Combiners are registered like algorithms (``@metareg.combiner``) and chosen by name in a learner's
+config (``--set combiner=pcgrad``), so "PCGrad on hard sharing" or "PCGrad on per-task
+meta-gradients" is a constructor argument, not a new class.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["Combiner", "task_jacobian"]
+
+
+class Combiner(nn.Module):
+    """Base class.  A combiner may own parameters (e.g. learned log-variances): it is a submodule
+    of its learner, so the runner's optimizer updates them."""
+
+    needs_jacobian: ClassVar[bool] = False
+
+    def __init__(self, config=None, num_tasks: int | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.num_tasks = num_tasks
+
+    def loss(self, losses: Tensor, task_ids: Tensor | None = None) -> Tensor:
+        """Scalar objective from per-task losses [T] (loss-weighting methods)."""
+        return losses.mean()
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
+        """[T, P] task gradients -> [P] update direction (gradient methods)."""
+        return jacobian.mean(0)
+
+
+def task_jacobian(losses: Tensor, params: Tensor, *, retain_graph: bool = True) -> Tensor:
+    """Gradient of each of the T losses w.r.t. ``params`` [P], as a [T, P] matrix.
+
+    One batched backward (``is_grads_batched``: autograd's vmap over the T unit cotangents)
+    instead of T separate backward passes; falls back to the loop for graphs vmap cannot batch.
+    """
+    t = losses.shape[0]
+    eye = torch.eye(t, dtype=losses.dtype, device=losses.device)
+    try:
+        (jac,) = torch.autograd.grad(losses, params, grad_outputs=eye, is_grads_batched=True, retain_graph=retain_graph)
+    except RuntimeError:
+        rows = [torch.autograd.grad(losses[i], params, retain_graph=True)[0] for i in range(t)]
+        jac = torch.stack(rows)
+    return jac.reshape(t, -1)

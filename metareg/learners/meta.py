@@ -1,0 +1,126 @@
+"""Optimization-based meta-learners over one flat fast-weight buffer.
+
+:class:`GradientMetaLearner` implements the inner loop once for MAML, first-order MAML, Meta-SGD,
+ANIL and Reptile.  The meta-parameters are a single flat vector ``theta`` [P]; the fast weights of
+the T tasks of a meta-batch are one [T, P] tensor, every forward is batched over tasks (no Python
+loop), and every inner update is one call of :meth:`inner_update`, whose default is the fused op
+:func:`metareg.ops.task_step` (one launch for all tasks and all parameter tensors).
+
+Subclasses choose what is adapted (``adapt_from_layer``: 0 = the whole network, ANIL = the head),
+the inner learning rate (:meth:`inner_lr`, Meta-SGD learns it) and how the meta-gradient is formed
+(:meth:`step`, Reptile overrides it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+from ..config import config, param
+from ..tasks.base import TaskBatch
+from .base import Learner, LearnerContext
+
+__all__ = ["GradientMetaLearner", "GradientMetaConfig"]
+
+
+@config
+class GradientMetaConfig:
+    inner_lr: float = param(0.01, "inner-loop (adaptation) learning rate alpha", gt=0)
+    inner_steps: int = param(1, "inner-loop gradient steps during meta-training", ge=1)
+    first_order: bool = param(False, "drop second-order terms (first-order MAML)")
+    backbone: str = param("", "backbone name (see `metareg list`); empty: the benchmark's default")
+
+
+class GradientMetaLearner(Learner):
+    kind = "meta"
+    capabilities = frozenset({"second_order", "first_order", "fast_weights"})
+    #: index of the first layer adapted in the inner loop (0: all of them)
+    adapt_from_layer: int = 0
+
+    def __init__(self, config, context: LearnerContext) -> None:
+        super().__init__(config, context)
+        self.net = context.make_backbone(config.backbone or None)
+        self.theta = nn.Parameter(self.net.init_flat(context.generator, dtype=context.dtype).to(context.device))
+        self.split = self.net.offset(self.adapt_from_layer)
+
+    # -- the pieces subclasses override ------------------------------------------------------
+    def inner_lr(self) -> float | Tensor:
+        """Learning rate of the inner update: a float, or a [P_adapted] tensor (Meta-SGD)."""
+        return self.config.inner_lr
+
+    def inner_update(self, fast: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
+        """fast [P_a] or [T, P_a], grads [T, P_a] -> [T, P_a]: one op for every task and tensor."""
+        return ops.task_step(fast, grads, lr)
+
+    # -- network pieces ----------------------------------------------------------------------
+    def features(self, theta: Tensor, x: Tensor) -> Tensor:
+        """The part of the network that is not adapted (shared by all tasks); identity for MAML."""
+        if self.adapt_from_layer == 0:
+            return x
+        return self.net.forward(theta[: self.split], x, 0, self.adapt_from_layer)
+
+    def predict(self, fast: Tensor, feats: Tensor) -> Tensor:
+        return self.net.forward(fast, feats, self.adapt_from_layer)
+
+    # -- inner loop --------------------------------------------------------------------------
+    def adapt(self, fast: Tensor, feats: Tensor, y: Tensor, steps: int, *, create_graph: bool,
+              lr: float | Tensor | None = None, keep: Sequence[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
+        """``steps`` inner updates from ``fast`` ([P_a] shared start, or [T, P_a]) on the support
+        set; returns the final [T, P_a] fast weights and those after each step count in ``keep``.
+
+        With ``create_graph`` the result is differentiable to second order in ``fast`` (and a
+        learned ``lr``); without it, gradients are treated as constants (first-order MAML), but
+        the update itself stays on the graph, so the meta-gradient still flows through the
+        identity path.
+        """
+        lr = self.inner_lr() if lr is None else lr
+        t = feats.shape[0]
+        kept: dict[int, Tensor] = {}
+        for k in range(1, steps + 1):
+            p = fast if fast.dim() == 2 else fast.expand(t, -1)
+            if not p.requires_grad:
+                p = p.detach().requires_grad_()
+                fast = p
+            loss = self.losses(self.predict(p, feats), y).sum()  # sum: tasks are independent
+            (g,) = torch.autograd.grad(loss, p, create_graph=create_graph)
+            fast = self.inner_update(fast, g, lr)
+            if k in keep:
+                kept[k] = fast
+        if fast.dim() == 1:  # steps == 0
+            fast = fast.expand(t, -1)
+        return fast, kept
+
+    # -- training and evaluation -------------------------------------------------------------
+    def step(self, batch: TaskBatch) -> dict[str, float]:
+        theta = self.theta
+        feats_s = self.features(theta, batch.support_x)
+        feats_q = self.features(theta, batch.query_x)
+        fast, _ = self.adapt(theta[self.split:], feats_s, batch.support_y, self.config.inner_steps,
+                             create_graph=not self.config.first_order)
+        query_losses = self.losses(self.predict(fast, feats_q), batch.query_y)
+        meta_loss = query_losses.mean()
+        meta_loss.backward()
+        return {"loss": meta_loss.item()}
+
+    def adapt_predict(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
+        with torch.enable_grad():
+            theta = self.theta.detach()
+            with torch.no_grad():
+                feats_s = self.features(theta, batch.support_x)
+                feats_q = self.features(theta, batch.query_x)
+            wanted = sorted(set(steps))
+            _, kept = self.adapt(theta[self.split:], feats_s, batch.support_y, max(wanted), create_graph=False,
+                                 lr=_detached(self.inner_lr()), keep=[k for k in wanted if k > 0])
+            out = {}
+            with torch.no_grad():
+                for k in wanted:
+                    fast = theta[self.split:] if k == 0 else kept[k].detach()
+                    out[k] = self.predict(fast, feats_q)
+            return out
+
+
+def _detached(lr: float | Tensor) -> float | Tensor:
+    return lr.detach() if isinstance(lr, Tensor) else lr

@@ -1,0 +1,48 @@
+"""Reptile: first-order meta-learning by moving the initialisation towards adapted weights.
+
+Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02999, 2018.
+Algorithm 2 (batched): W_t = SGD_k(theta, task t) for the T tasks of a meta-batch, then
+theta <- theta + epsilon * mean_t (W_t - theta).  Here the runner's optimizer applies the step:
+``theta.grad = theta - mean_t W_t`` with SGD at lr epsilon reproduces the paper's update exactly.
+"""
+
+import torch
+
+import metareg
+from metareg import GradientMetaConfig, GradientMetaLearner
+
+
+@metareg.config
+class ReptileConfig(GradientMetaConfig):
+    inner_lr: float = metareg.param(0.02, "inner SGD learning rate", gt=0)
+    inner_steps: int = metareg.param(5, "inner SGD steps per task (k)", ge=1)
+    first_order: bool = metareg.param(True, "Reptile is first-order by construction (must stay true)")
+
+    def __post_init__(self):
+        if not self.first_order:
+            raise metareg.errors.ConfigError("reptile is first-order by construction; use maml for second order.")
+
+
+@metareg.algorithm("reptile", kind="meta", family="optimization",
+                   summary="first-order: move the init towards task-adapted weights",
+                   paper="Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. 2018",
+                   config=ReptileConfig, requires={"episodic"}, run_defaults={"optimizer": "sgd", "lr": 1.0})
+class Reptile(GradientMetaLearner):
+    capabilities = frozenset({"first_order", "fast_weights"})
+
+    def step(self, batch):
+        # Reptile trains on all of a task's data: support and query together
+        x = torch.cat([batch.support_x, batch.query_x], 1)
+        y = torch.cat([batch.support_y, batch.query_y], 1)
+        theta = self.theta.detach()
+        with torch.no_grad():
+            before = self.losses(self.predict(theta, x), y).mean().item()
+        with torch.enable_grad():
+            fast, _ = self.adapt(theta, x, y, self.config.inner_steps, create_graph=False)
+        self.theta.grad = theta - fast.detach().mean(0)
+        return {"loss": before}
+
+
+@metareg.hookimpl
+def register_algorithms(register):
+    register(Reptile)
