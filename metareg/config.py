@@ -39,16 +39,25 @@ def param(
 
 def config(cls: type) -> type:
     """Class decorator: a frozen keyword-only dataclass whose values are validated on creation."""
-    cls = dataclasses.dataclass(frozen=True, kw_only=True)(cls)
-    original_post_init = getattr(cls, "__post_init__", None)
+    original_post_init = cls.__dict__.get("__post_init__")
 
     def __post_init__(self: Any) -> None:
         _validate(self)
         if original_post_init is not None:
             original_post_init(self)
+        else:
+            # run the checks of a config class this one extends
+            for base in type(self).__mro__[1:]:
+                extra = base.__dict__.get("__metareg_post_init__")
+                if extra is not None:
+                    extra(self)
+                    break
 
+    # dataclass() only calls __post_init__ if it exists when the class is processed
     cls.__post_init__ = __post_init__  # type: ignore[attr-defined]
-    return cls
+    if original_post_init is not None:
+        cls.__metareg_post_init__ = original_post_init  # type: ignore[attr-defined]
+    return dataclasses.dataclass(frozen=True, kw_only=True)(cls)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,1 +1,1 @@
-"""metareg."""
+"""Sub-commands of the ``metareg`` CLI, one module per larger command."""

@@ -1,0 +1,182 @@
+"""``metareg list``, ``metareg info`` and ``metareg plugins``: what is installed and how to use it."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import click
+
+from ..config import describe
+from ..errors import UnknownNameError, did_you_mean
+from ..plugins import get_manager
+
+__all__ = ["list_cmd", "info_cmd", "plugins_cmd", "table"]
+
+
+def _manager(ctx: click.Context):
+    return ctx.obj or get_manager()
+
+
+def table(rows: list[list[str]], headers: list[str], max_width: dict[int, int] | None = None) -> str:
+    """A plain aligned text table (no dependency, copy-paste friendly)."""
+    max_width = max_width or {}
+    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
+    for r in cells:
+        for i, c in enumerate(r):
+            w = max_width.get(i)
+            if w and len(c) > w:
+                r[i] = c[: w - 1] + "…"
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _failures(m) -> None:
+    for f in m.failures:
+        click.echo(f"warning: {f.line()} (see `metareg plugins`)", err=True)
+
+
+@click.command("list")
+@click.argument("pattern", required=False)
+@click.option("--kind", type=click.Choice(["meta", "multitask"]), help="only meta-learning or multi-task entries")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+@click.pass_context
+def list_cmd(ctx: click.Context, pattern: str | None, kind: str | None, as_json: bool) -> None:
+    """List algorithms (learners and multi-task combiners), benchmarks and backbones.
+
+    PATTERN filters names by glob (``*sgd*``) or substring.
+    """
+    m = _manager(ctx)
+    reg = m.registry
+    algos = reg.list("algorithm", pattern, kind=kind)
+    benches = [] if kind else reg.list("benchmark", pattern)
+    backbones = [] if kind else reg.list("backbone", pattern)
+    if as_json:
+        out = {
+            "algorithms": [
+                {"name": s.name, "kind": s.kind, "role": s.role, "family": s.family, "summary": s.summary,
+                 "paper": s.paper, "plugin": s.plugin, "package": s.package, "requires": sorted(s.requires)}
+                for s in algos
+            ],
+            "benchmarks": [
+                {"name": s.name, "summary": s.summary, "provides": sorted(s.provides), "metric": s.metric,
+                 "paper": s.paper, "plugin": s.plugin, "package": s.package}
+                for s in benches
+            ],
+            "backbones": [{"name": s.name, "summary": s.summary, "plugin": s.plugin, "package": s.package} for s in backbones],
+            "plugin_errors": [f.line() for f in m.failures],
+        }
+        click.echo(json.dumps(out, indent=2))
+        return
+    wide = {3: 60, 4: 40}
+    if algos:
+        click.echo(table([[s.name, s.kind, s.family if s.role == "learner" else f"{s.family} (combiner)", s.summary, s.paper,
+                           f"{s.plugin} ({s.package})"] for s in algos],
+                         ["name", "kind", "family", "summary", "paper", "plugin (package)"], wide))
+    if benches:
+        click.echo("\nbenchmarks")
+        click.echo(table([[s.name, ", ".join(sorted(s.provides)), s.metric, s.summary, f"{s.plugin} ({s.package})"] for s in benches],
+                         ["name", "provides", "metric", "summary", "plugin (package)"], {3: 70}))
+    if backbones:
+        click.echo("\nbackbones")
+        click.echo(table([[s.name, s.summary, f"{s.plugin} ({s.package})"] for s in backbones],
+                         ["name", "summary", "plugin (package)"], {1: 80}))
+    if not (algos or benches or backbones):
+        click.echo(f"nothing matches {pattern!r}" if pattern else "nothing is registered: is metareg installed (pip install -e .)?")
+    _failures(m)
+
+
+def _fmt_default(v) -> str:
+    if isinstance(v, tuple):
+        return "[" + ", ".join(map(str, v)) + "]"
+    if isinstance(v, str):
+        return repr(v)
+    return str(v)
+
+
+@click.command("info")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.pass_context
+def info_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
+    """Hyperparameters (type, default, doc) of an algorithm or benchmark, and what it runs on."""
+    from ..runner import RunConfig
+
+    m = _manager(ctx)
+    reg = m.registry
+    spec = None
+    for category in ("algorithm", "benchmark", "backbone"):
+        try:
+            spec = reg.get(category, name)
+            break
+        except UnknownNameError:
+            continue
+    if spec is None:
+        every = reg.names("algorithm") + reg.names("benchmark") + reg.names("backbone")
+        raise UnknownNameError(f"nothing is registered as '{name}'." + did_you_mean(name.partition(".")[0], every) + " See `metareg list`.")
+    params = describe(spec.config) if hasattr(spec, "config") else []
+    compatible: list[str] = []
+    if spec.category == "algorithm" and spec.role == "learner":
+        compatible = [b.name for b in reg.list("benchmark") if spec.requires <= b.provides]
+    elif spec.category == "benchmark":
+        compatible = [a.name for a in reg.list("algorithm") if a.role == "learner" and a.requires <= spec.provides]
+    if as_json:
+        out = {"name": spec.name, "category": spec.category, "summary": spec.summary, "paper": getattr(spec, "paper", ""),
+               "plugin": spec.plugin, "package": spec.package,
+               "hyperparameters": [{"name": p.name, "type": p.type, "default": p.default, "doc": p.doc} for p in params],
+               "compatible": compatible}
+        if spec.category == "algorithm":
+            out.update(kind=spec.kind, family=spec.family, role=spec.role, run_defaults=dict(spec.run_defaults),
+                       presets={k: dict(v) for k, v in spec.presets.items()})
+        click.echo(json.dumps(out, indent=2, default=list))
+        return
+    title = f"{spec.name} ({spec.category}"
+    if spec.category == "algorithm":
+        title += f", {spec.kind}, {spec.family}{', combiner' if spec.role == 'combiner' else ''}"
+    click.echo(title + ")")
+    click.echo(textwrap.fill(spec.summary, 100))
+    if getattr(spec, "paper", ""):
+        click.echo(f"paper:   {spec.paper}")
+    click.echo(f"plugin:  {spec.plugin} (package {spec.package})")
+    if params:
+        click.echo("\nhyperparameters (--set key=value)")
+        click.echo(table([[p.name, p.type, _fmt_default(p.default), p.doc] for p in params], ["name", "type", "default", "doc"], {3: 70}))
+    if spec.category == "algorithm" and spec.presets:
+        click.echo("\npresets: " + ", ".join(f"{spec.name}.{k} ({', '.join(f'{a}={b}' for a, b in v.items())})" for k, v in spec.presets.items()))
+    if spec.category == "algorithm" and spec.run_defaults:
+        click.echo("run defaults: " + ", ".join(f"{k}={v}" for k, v in spec.run_defaults.items()))
+    if spec.category == "algorithm" and spec.role == "learner":
+        click.echo("\ncompatible benchmarks: " + (", ".join(compatible) or "none installed"))
+        click.echo("run options (--set run.key=value or the flags of `metareg run`): "
+                   + ", ".join(p.name for p in describe(RunConfig)))
+    elif spec.category == "algorithm":
+        click.echo("\nuse with a multi-task learner: metareg run hard_sharing --benchmark sinusoid_mtl --set combiner=" + spec.name)
+    elif spec.category == "benchmark":
+        click.echo(f"\nprovides: {', '.join(sorted(spec.provides))}; metric: {spec.metric}")
+        click.echo("learners that run on it: " + (", ".join(compatible) or "none installed"))
+
+
+@click.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+@click.option("--strict", is_flag=True, help="exit with status 2 if any plugin failed to load")
+@click.pass_context
+def plugins_cmd(ctx: click.Context, as_json: bool, strict: bool) -> None:
+    """Loaded plugins (package, version, hooks, what they registered) and load errors."""
+    m = _manager(ctx)
+    m.registry  # registration hooks run here, so their failures are listed too
+    if as_json:
+        click.echo(json.dumps({
+            "plugins": [vars(p) for p in m.plugins.values()],
+            "errors": [{k: v for k, v in vars(f).items() if k != "detail"} for f in m.failures],
+        }, indent=2))
+    else:
+        click.echo(table([[p.name, p.package, p.version, ", ".join(p.hooks), ", ".join(r.split(":", 1)[1] for r in p.registered)]
+                          for p in m.plugins.values()], ["plugin", "package", "version", "hooks", "registers"], {3: 50, 4: 50}))
+        if m.failures:
+            click.echo("\nload errors")
+            for f in m.failures:
+                click.echo(f"  {f.line()}")
+    if strict:
+        m.raise_failures()

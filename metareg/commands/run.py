@@ -1,0 +1,99 @@
+"""``metareg run``: train one algorithm on one benchmark, evaluate it on held-out tasks, save it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+import click
+
+from ..config import load_toml, parse_value
+from ..errors import ConfigError
+from ..plugins import get_manager
+
+__all__ = ["run_cmd", "parse_sets"]
+
+
+def parse_sets(items: tuple[str, ...]) -> dict:
+    out = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"--set expects key=value (like inner_lr=0.05 or benchmark.shots=5), got {item!r}.")
+        out[key.strip()] = parse_value(value.strip())
+    return out
+
+
+def _flatten_toml(data: dict) -> dict:
+    """TOML tables [algorithm], [benchmark], [run], [combiner] stay nested; top-level keys stay flat."""
+    return dict(data)
+
+
+@click.command("run")
+@click.argument("name")
+@click.option("-b", "--benchmark", "bench", metavar="B", help="benchmark to train and evaluate on (see `metareg list`)")
+@click.option("--steps", type=int, help="outer training steps (default: the algorithm's)")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override a hyperparameter; repeatable; qualify as algorithm./benchmark./run. when ambiguous")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.toml",
+              help="TOML file of overrides (flat keys or [algorithm]/[benchmark]/[run] tables); --set wins")
+@click.option("--device", help="cpu, cuda, cuda:1 ...")
+@click.option("--seed", type=int, help="random seed (default 0)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="results folder (default runs/NAME-B-TIMESTAMP); must be new or empty")
+@click.option("--no-save", is_flag=True, help="write no results folder")
+@click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object on stdout")
+@click.pass_context
+def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_save, as_json):
+    """Train NAME on a benchmark, then evaluate few-shot adaptation on held-out tasks.
+
+    \b
+    metareg run maml --benchmark sinusoid --steps 3000
+    metareg run maml --benchmark sinusoid --set inner_steps=5 --set benchmark.shots=5
+    metareg run hard_sharing --benchmark sinusoid_mtl --set combiner=equal --json
+    """
+    from ..runner import Run
+
+    manager = ctx.obj or get_manager()
+    if bench is None:
+        spec = manager.registry.get("algorithm", name)
+        ok = [b.name for b in manager.registry.list("benchmark") if spec.requires <= b.provides]
+        raise ConfigError(f"which benchmark? pass --benchmark B; {spec.name} runs on: {', '.join(ok) or 'none installed'}.")
+    overrides: dict = {}
+    if config_file is not None:
+        overrides.update(_flatten_toml(load_toml(config_file)))
+    overrides.update(parse_sets(sets))
+    for key, value in (("run.steps", steps), ("run.device", device), ("run.seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    if no_save:
+        out_dir = None
+    elif out is not None:
+        out_dir = out
+    else:
+        stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+        out_dir = Path("runs") / f"{name}-{bench}-{stamp}"
+    run = Run(name, bench, overrides, out=out_dir, manager=manager)
+    summary = run.execute(progress=None if as_json else True)
+    if as_json:
+        click.echo(json.dumps(summary, default=str))
+        return
+    _print_summary(summary)
+
+
+def _print_summary(s: dict) -> None:
+    status = s["status"]
+    click.echo(f"{s['algorithm']} on {s['benchmark']}: {status} after {s['steps']} steps "
+               f"({s['train_time_s']:.1f} s, {s['steps_per_s']} steps/s), final training loss {s['final_loss']:.4f}")
+    keys = [k for k in s if not k.endswith("_ci95") and (k.startswith(("mse_", "accuracy_")) or k in ("mse", "accuracy"))]
+    if keys:
+        click.echo(f"held-out tasks ({s.get('eval_tasks')}), mean ± 95% CI:")
+        for k in keys:
+            ci = s.get(k + "_ci95", math.nan)
+            click.echo(f"  {k:<28} {s[k]:.4f} ± {ci:.4f}")
+    if "out" in s:
+        click.echo(f"results: {s['out']}")
