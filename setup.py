@@ -48,7 +48,8 @@ def extensions():
         why = "no CUDA build of torch" if not torch_cuda else ("no CUDA toolkit (nvcc)" if not toolkit else "no CUDA sources")
         if force == "1":
             raise SystemExit(f"metareg build: METAREG_CUDA=1 but {why}")
-    cxx = ["-O3", "-std=c++17"]
+    # No -std flag: torch.utils.cpp_extension adds the standard its headers need (C++17 or C++20).
+    cxx = ["-O3"]
     if sys.platform != "win32":
         cxx += ["-fopenmp"] if os.environ.get("METAREG_OPENMP", "1") == "1" else []
     define = [("METAREG_WITH_CUDA", "1")] if use_cuda else []

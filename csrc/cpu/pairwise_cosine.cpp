@@ -1,0 +1,290 @@
+// CPU kernels of metareg::pairwise_cosine and its backward.
+//
+// Two paths, same numbers (both work on normalised rows, as metareg/ops/_reference.py does):
+//  * direct: for the few-shot shapes (a short side M or N), one parallel pass over rows computes
+//    each row's norm and its dot products with the (pre-normalised) other side; the backward is
+//    one pass too.  No autograd graph, no temporaries beyond the normalised rows.
+//  * gemm: when both N and M are large, a GEMM is the only way to reach the matmul rate, so rows
+//    are normalised in one pass and at::bmm does the products (the backward uses two bmm and one
+//    fused correction pass).
+//
+// Norms accumulate in double: float32 squares overflow above |x| ~ 1.8e19 (the float32 reference
+// then returns 0; the float64 reference, and these kernels, return the true cosine).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/simd.h"
+
+namespace metareg {
+namespace {
+
+constexpr const char* kFwd = "metareg::pairwise_cosine";
+constexpr const char* kBwd = "metareg::pairwise_cosine_backward";
+
+// Rows [r0, r1) of x (row length D): xhat = x / max(|x|, eps), inv = 1 / max(|x|, eps),
+// unclamped = |x| >= eps (the rows whose norm carries gradient, as with clamp_min's backward).
+template <typename T>
+METAREG_CLONES void normalize_rows(const T* x, T* xhat, T* inv, uint8_t* unclamped, int64_t r0, int64_t r1,
+                                   int64_t D, double eps) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* xr = x + r * D;
+    double ss = 0;
+    METAREG_SIMD_REDUCE(ss)
+    for (int64_t d = 0; d < D; ++d) ss += static_cast<double>(xr[d]) * static_cast<double>(xr[d]);
+    const double norm = std::sqrt(ss);
+    const T iv = static_cast<T>(1.0 / std::max(norm, eps));
+    if (inv) inv[r] = iv;
+    if (unclamped) unclamped[r] = norm >= eps;
+    T* yr = xhat + r * D;
+    METAREG_SIMD
+    for (int64_t d = 0; d < D; ++d) yr[d] = xr[d] * iv;
+  }
+}
+
+// out[j] = <x, Y[j]> for j < M, four rows of Y per sweep so x is loaded once per four products.
+template <typename T>
+inline void dot_many(const T* x, const T* Y, T* out, int64_t M, int64_t D) {
+  int64_t j = 0;
+  for (; j + 4 <= M; j += 4) {
+    const T* y0 = Y + j * D;
+    const T* y1 = y0 + D;
+    const T* y2 = y1 + D;
+    const T* y3 = y2 + D;
+    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    METAREG_SIMD_REDUCE(s0, s1, s2, s3)
+    for (int64_t d = 0; d < D; ++d) {
+      const T xv = x[d];
+      s0 += xv * y0[d];
+      s1 += xv * y1[d];
+      s2 += xv * y2[d];
+      s3 += xv * y3[d];
+    }
+    out[j] = s0;
+    out[j + 1] = s1;
+    out[j + 2] = s2;
+    out[j + 3] = s3;
+  }
+  for (; j < M; ++j) {
+    const T* y = Y + j * D;
+    T s = 0;
+    METAREG_SIMD_REDUCE(s)
+    for (int64_t d = 0; d < D; ++d) s += x[d] * y[d];
+    out[j] = s;
+  }
+}
+
+// Forward rows [r0, r1) of the flattened [B*N] rows of a: normalise the row into buf (or take it
+// from ah when a's rows are already normalised) and take its products with batch's rows of bh.
+template <typename T>
+METAREG_CLONES void forward_rows(const T* a, const T* ah, const T* bh, T* out, T* buf, int64_t r0, int64_t r1,
+                                 int64_t N, int64_t M, int64_t D, double eps) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const T* row;
+    if (ah) {
+      row = ah + r * D;
+    } else {
+      const T* x = a + r * D;
+      double ss = 0;
+      METAREG_SIMD_REDUCE(ss)
+      for (int64_t d = 0; d < D; ++d) ss += static_cast<double>(x[d]) * static_cast<double>(x[d]);
+      const T iv = static_cast<T>(1.0 / std::max(std::sqrt(ss), eps));
+      METAREG_SIMD
+      for (int64_t d = 0; d < D; ++d) buf[d] = x[d] * iv;
+      row = buf;
+    }
+    dot_many(row, bh + (r / N) * M * D, out + r * M, M, D);
+  }
+}
+
+// In place: g = inv * (g - unclamped * <g, xhat> * xhat), turning the gradient with respect to
+// the normalised row into the gradient with respect to the raw row.
+template <typename T>
+inline void correct_row(T* g, const T* xhat, T inv, bool unclamped, int64_t D) {
+  T r = 0;
+  if (unclamped) {
+    METAREG_SIMD_REDUCE(r)
+    for (int64_t d = 0; d < D; ++d) r += g[d] * xhat[d];
+  }
+  METAREG_SIMD
+  for (int64_t d = 0; d < D; ++d) g[d] = inv * (g[d] - r * xhat[d]);
+}
+
+template <typename T>
+METAREG_CLONES void correct_rows(T* g, const T* xhat, const T* inv, const uint8_t* unclamped, int64_t r0,
+                                 int64_t r1, int64_t D) {
+  for (int64_t r = r0; r < r1; ++r) correct_row(g + r * D, xhat + r * D, inv[r], unclamped[r] != 0, D);
+}
+
+// Backward rows [r0, r1) of the B*(N+M) rows of (grad_a; grad_b).  Row i of a in batch k:
+// grad_a_i = correct(sum_j G[k,i,j] bh_j); row j of b: grad_b_j = correct(sum_i G[k,i,j] ah_i).
+template <typename T>
+METAREG_CLONES void backward_rows(const T* G, const T* ah, const T* bh, const T* inv_a, const T* inv_b,
+                                  const uint8_t* un_a, const uint8_t* un_b, T* ga, T* gb, int64_t r0, int64_t r1,
+                                  int64_t B, int64_t N, int64_t M, int64_t D) {
+  for (int64_t r = r0; r < r1; ++r) {
+    if (r < B * N) {
+      const int64_t k = r / N;
+      const T* grow = G + r * M;  // G[k, i, :]
+      const T* bk = bh + k * M * D;
+      T* acc = ga + r * D;
+      std::fill(acc, acc + D, T(0));
+      for (int64_t j = 0; j < M; ++j) {
+        const T g = grow[j];
+        const T* y = bk + j * D;
+        METAREG_SIMD
+        for (int64_t d = 0; d < D; ++d) acc[d] += g * y[d];
+      }
+      correct_row(acc, ah + r * D, inv_a[r], un_a[r] != 0, D);
+    } else {
+      const int64_t rb = r - B * N;
+      const int64_t k = rb / M, j = rb % M;
+      const T* gcol = G + k * N * M + j;  // G[k, :, j], stride M
+      const T* ak = ah + k * N * D;
+      T* acc = gb + rb * D;
+      std::fill(acc, acc + D, T(0));
+      for (int64_t i = 0; i < N; ++i) {
+        const T g = gcol[i * M];
+        const T* x = ak + i * D;
+        METAREG_SIMD
+        for (int64_t d = 0; d < D; ++d) acc[d] += g * x[d];
+      }
+      correct_row(acc, bh + rb * D, inv_b[rb], un_b[rb] != 0, D);
+    }
+  }
+}
+
+int64_t grain_for(int64_t work_per_item) {
+  // About 32k multiply-adds per task keeps OpenMP's fork cost under a few percent.
+  return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, work_per_item));
+}
+
+bool use_gemm(const CosineDims& d) {
+  const int o = path_override();
+  if (o != 0) return o == 2;
+  return d.N >= 64 && d.M >= 64;
+}
+
+// The one pass that both paths and both directions start with.
+template <typename T>
+void normalize_all(const at::Tensor& x, at::Tensor& xhat, at::Tensor* inv, at::Tensor* unclamped, int64_t D,
+                   double eps) {
+  const int64_t rows = x.numel() / std::max<int64_t>(D, 1);
+  const T* xp = x.data_ptr<T>();
+  T* yp = xhat.data_ptr<T>();
+  T* ip = inv ? inv->data_ptr<T>() : nullptr;
+  uint8_t* up = unclamped ? unclamped->data_ptr<uint8_t>() : nullptr;
+  at::parallel_for(0, rows, grain_for(2 * D), [&](int64_t r0, int64_t r1) {
+    normalize_rows<T>(xp, yp, ip, up, r0, r1, D, eps);
+  });
+}
+
+at::Tensor transpose_last(const at::Tensor& t) { return t.transpose(-1, -2); }
+
+at::Tensor pairwise_cosine_cpu(const at::Tensor& a_in, const at::Tensor& b_in, double eps) {
+  const CosineDims d = check_pairwise_cosine(kFwd, a_in, b_in, /*allow_half=*/false);
+  TORCH_CHECK(a_in.device().is_cpu(), kFwd, ": CPU kernel called with a tensor on ", a_in.device());
+  const bool same = a_in.is_same(b_in);
+  const at::Tensor a = a_in.contiguous();
+  const at::Tensor b = same ? a : b_in.contiguous();
+  std::vector<int64_t> out_shape = a.dim() == 3 ? std::vector<int64_t>{d.B, d.N, d.M} : std::vector<int64_t>{d.N, d.M};
+  at::Tensor out = at::empty(out_shape, a.options());
+  if (out.numel() == 0) return out;
+  if (d.D == 0) return out.zero_();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kFwd, [&] {
+    at::Tensor bh = at::empty_like(b);
+    normalize_all<scalar_t>(b, bh, nullptr, nullptr, d.D, eps);
+    if (use_gemm(d)) {
+      at::Tensor ah = same ? bh : at::empty_like(a);
+      if (!same) normalize_all<scalar_t>(a, ah, nullptr, nullptr, d.D, eps);
+      if (a.dim() == 3) {
+        at::bmm_out(out, ah, transpose_last(bh));
+      } else {
+        at::mm_out(out, ah, transpose_last(bh));
+      }
+      return;
+    }
+    const scalar_t* ap = a.data_ptr<scalar_t>();
+    const scalar_t* ahp = same ? bh.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* bhp = bh.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, d.B * d.N, grain_for((d.M + 1) * d.D), [&](int64_t r0, int64_t r1) {
+      std::vector<scalar_t> buf(ahp ? 0 : d.D);
+      forward_rows<scalar_t>(ap, ahp, bhp, op, buf.data(), r0, r1, d.N, d.M, d.D, eps);
+    });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> pairwise_cosine_backward_cpu(const at::Tensor& grad_in, const at::Tensor& a_in,
+                                                                const at::Tensor& b_in, double eps) {
+  const CosineDims d = check_pairwise_cosine_backward(kBwd, grad_in, a_in, b_in, /*allow_half=*/false);
+  TORCH_CHECK(a_in.device().is_cpu(), kBwd, ": CPU kernel called with a tensor on ", a_in.device());
+  const bool same = a_in.is_same(b_in);
+  const at::Tensor a = a_in.contiguous();
+  const at::Tensor b = same ? a : b_in.contiguous();
+  at::Tensor ga = at::empty_like(a, at::MemoryFormat::Contiguous);
+  at::Tensor gb = at::empty_like(b, at::MemoryFormat::Contiguous);
+  if (ga.numel() == 0 && gb.numel() == 0) return {ga, gb};
+  if (d.N == 0 || d.M == 0) return {ga.zero_(), gb.zero_()};
+  const at::Tensor G = grad_in.contiguous();
+  AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kBwd, [&] {
+    auto real = a.options();
+    auto bytes = a.options().dtype(at::kByte);
+    at::Tensor ah = at::empty_like(a), inv_a = at::empty({d.B * d.N}, real), un_a = at::empty({d.B * d.N}, bytes);
+    normalize_all<scalar_t>(a, ah, &inv_a, &un_a, d.D, eps);
+    at::Tensor bh = ah, inv_b = inv_a, un_b = un_a;
+    if (!same) {
+      bh = at::empty_like(b);
+      inv_b = at::empty({d.B * d.M}, real);
+      un_b = at::empty({d.B * d.M}, bytes);
+      normalize_all<scalar_t>(b, bh, &inv_b, &un_b, d.D, eps);
+    }
+    if (use_gemm(d)) {
+      if (a.dim() == 3) {
+        at::bmm_out(ga, G, bh);
+        at::bmm_out(gb, transpose_last(G), ah);
+      } else {
+        at::mm_out(ga, G, bh);
+        at::mm_out(gb, transpose_last(G), ah);
+      }
+      scalar_t* gap = ga.data_ptr<scalar_t>();
+      scalar_t* gbp = gb.data_ptr<scalar_t>();
+      const scalar_t* ahp = ah.data_ptr<scalar_t>();
+      const scalar_t* bhp = bh.data_ptr<scalar_t>();
+      const scalar_t* iap = inv_a.data_ptr<scalar_t>();
+      const scalar_t* ibp = inv_b.data_ptr<scalar_t>();
+      const uint8_t* uap = un_a.data_ptr<uint8_t>();
+      const uint8_t* ubp = un_b.data_ptr<uint8_t>();
+      const int64_t na = d.B * d.N;
+      at::parallel_for(0, d.B * (d.N + d.M), grain_for(3 * d.D), [&](int64_t r0, int64_t r1) {
+        if (r0 < na) correct_rows<scalar_t>(gap, ahp, iap, uap, r0, std::min(r1, na), d.D);
+        if (r1 > na) correct_rows<scalar_t>(gbp, bhp, ibp, ubp, std::max(r0, na) - na, r1 - na, d.D);
+      });
+      return;
+    }
+    const int64_t work = std::max<int64_t>(d.M, d.N) * d.D;
+    at::parallel_for(0, d.B * (d.N + d.M), grain_for(work), [&](int64_t r0, int64_t r1) {
+      backward_rows<scalar_t>(G.data_ptr<scalar_t>(), ah.data_ptr<scalar_t>(), bh.data_ptr<scalar_t>(),
+                              inv_a.data_ptr<scalar_t>(), inv_b.data_ptr<scalar_t>(), un_a.data_ptr<uint8_t>(),
+                              un_b.data_ptr<uint8_t>(), ga.data_ptr<scalar_t>(), gb.data_ptr<scalar_t>(), r0, r1, d.B,
+                              d.N, d.M, d.D);
+    });
+  });
+  return {ga, gb};
+}
+
+}  // namespace
+}  // namespace metareg
+
+TORCH_LIBRARY_IMPL(metareg, CPU, m) {
+  m.impl("pairwise_cosine", &metareg::pairwise_cosine_cpu);
+  m.impl("pairwise_cosine_backward", &metareg::pairwise_cosine_backward_cpu);
+}

@@ -1,0 +1,106 @@
+// The one place where metareg's op schemas live, and the Python module metareg._C whose import
+// loads this library (running the registrations below) and exposes how it was built.
+//
+// Autograd and fake (meta) kernels are registered from Python (metareg/ops/_registration.py)
+// only after this module imported, so a missing build never breaks `import metareg`.
+
+#include <Python.h>
+
+#include <torch/headeronly/version.h>
+#include <torch/library.h>
+
+#include "checks.h"
+
+#ifdef METAREG_WITH_CUDA
+#include "cuda/launchers.h"
+#endif
+
+namespace metareg {
+
+int& path_override() {
+  static int value = 0;
+  return value;
+}
+
+}  // namespace metareg
+
+TORCH_LIBRARY(metareg, m) {
+  // a [B, N, D], b [B, M, D] -> [B, N, M] (or 2-D without B); each row norm clamped below at eps.
+  m.def("pairwise_cosine(Tensor a, Tensor b, float eps=1e-08) -> Tensor");
+  // Gradients of pairwise_cosine with respect to a and b, given the gradient of its output.
+  m.def("pairwise_cosine_backward(Tensor grad, Tensor a, Tensor b, float eps) -> (Tensor, Tensor)");
+  // params [P] or [T, P], grads [T, P] -> params - lr * grads, [T, P].
+  m.def("task_step(Tensor params, Tensor grads, float lr) -> Tensor");
+  // Same with a tensor lr of shape [], [P] (Meta-SGD) or [T, P].
+  m.def("task_step_tensor(Tensor params, Tensor grads, Tensor lr) -> Tensor");
+  // Gradients of task_step_tensor in one pass: (d params, d grads, d lr).  d params is the sum of
+  // grad over tasks ([P]) when params_shared, else an empty [0] tensor: the caller then uses grad
+  // itself (a custom op may not return an alias of its input).  d lr has lr's shape.
+  m.def("task_step_backward(Tensor grad, Tensor grads, Tensor lr, bool params_shared) -> (Tensor, Tensor, Tensor)");
+}
+
+namespace {
+
+const char* cpu_isa() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f")) return "avx512";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "avx2";
+  return "baseline x86-64";
+#else
+  return "generic";
+#endif
+}
+
+PyObject* set_path_override(PyObject*, PyObject* arg) {
+  const long v = PyLong_AsLong(arg);
+  if (v == -1 && PyErr_Occurred()) return nullptr;
+  if (v < 0 || v > 2) {
+    PyErr_SetString(PyExc_ValueError, "path override must be 0 (auto), 1 (fused) or 2 (gemm)");
+    return nullptr;
+  }
+  const long old = metareg::path_override();
+  metareg::path_override() = static_cast<int>(v);
+  return PyLong_FromLong(old);
+}
+
+PyMethodDef methods[] = {
+    {"_set_path_override", set_path_override, METH_O,
+     "Force the kernel path of pairwise_cosine (0 auto, 1 fused, 2 gemm); returns the previous value. For tests."},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "metareg's compiled custom ops (schemas in csrc/ops.cpp).",
+                          -1, methods};
+
+}  // namespace
+
+extern "C" PyMODINIT_FUNC PyInit__C(void) {
+  PyObject* mod = PyModule_Create(&module_def);
+  if (mod == nullptr) return nullptr;
+  PyModule_AddStringConstant(mod, "torch_version", TORCH_VERSION);
+  PyModule_AddStringConstant(mod, "compiler",
+#if defined(__clang__)
+                             "clang " __clang_version__
+#elif defined(__GNUC__)
+                             "gcc " __VERSION__
+#else
+                             "unknown"
+#endif
+  );
+#ifdef _OPENMP
+  PyModule_AddIntConstant(mod, "openmp", 1);
+#else
+  PyModule_AddIntConstant(mod, "openmp", 0);
+#endif
+  PyModule_AddStringConstant(mod, "cpu_isa", cpu_isa());
+#ifdef METAREG_WITH_CUDA
+  PyModule_AddIntConstant(mod, "with_cuda", 1);
+  PyModule_AddIntConstant(mod, "cuda_runtime_version", metareg_cuda_runtime_version());
+  PyModule_AddStringConstant(mod, "cuda_arch_list", metareg_cuda_arch_list());
+#else
+  PyModule_AddIntConstant(mod, "with_cuda", 0);
+  PyModule_AddIntConstant(mod, "cuda_runtime_version", 0);
+  PyModule_AddStringConstant(mod, "cuda_arch_list", "");
+#endif
+  return mod;
+}
