@@ -16,6 +16,11 @@ from .learners import (  # noqa: E402
     Learner,
     LearnerContext,
     SharedEncoderLearner,
+    gram,
+    nonneg_qp,
+    normalized_gram,
+    project_simplex,
+    projection_orders,
     task_jacobian,
 )
 from .nets import FunctionalNet  # noqa: E402
@@ -38,6 +43,11 @@ __all__ = [
     "SharedEncoderLearner",
     "Combiner",
     "task_jacobian",
+    "gram",
+    "normalized_gram",
+    "nonneg_qp",
+    "project_simplex",
+    "projection_orders",
     "TaskBatch",
     "TaskInfo",
     "TaskDistribution",

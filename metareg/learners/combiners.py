@@ -20,7 +20,11 @@ from typing import ClassVar
 import torch
 from torch import Tensor, nn
 
-__all__ = ["Combiner", "task_jacobian"]
+from ..errors import IncompatibleError, ShapeError
+from ._qp import gram, nonneg_qp, normalized_gram, project_simplex, projection_orders
+
+__all__ = ["Combiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
+           "projection_orders"]
 
 
 class Combiner(nn.Module):
@@ -28,6 +32,9 @@ class Combiner(nn.Module):
     of its learner, so the runner's optimizer updates them."""
 
     needs_jacobian: ClassVar[bool] = False
+    #: False when the result depends on the order of the tasks beyond relabelling them (PCGrad's
+    #: random projection order is drawn per row index); the property tests read it.
+    order_invariant: ClassVar[bool] = True
 
     def __init__(self, config=None, num_tasks: int | None = None) -> None:
         super().__init__()
@@ -38,9 +45,30 @@ class Combiner(nn.Module):
         """Scalar objective from per-task losses [T] (loss-weighting methods)."""
         return losses.mean()
 
-    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None) -> Tensor:
-        """[T, P] task gradients -> [P] update direction (gradient methods)."""
+    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None, task_ids: Tensor | None = None) -> Tensor:
+        """[T, P] task gradients -> [P] update direction (gradient methods).  ``losses`` [T] and
+        ``task_ids`` [T] (which of the ``num_tasks`` training tasks each row is) are for combiners
+        with per-task state."""
         return jacobian.mean(0)
+
+    def task_index(self, t: int, task_ids: Tensor | None, device: torch.device) -> Tensor:
+        """Indices [T] into per-task state (``num_tasks`` entries) for a batch of T tasks."""
+        name = getattr(getattr(type(self), "__metareg_spec__", None), "name", type(self).__name__)
+        if self.num_tasks is None:
+            raise IncompatibleError(f"combiner '{name}' keeps per-task state and needs num_tasks; build it "
+                                    "with factory(config, num_tasks=M) as the runner does.")
+        if task_ids is None:
+            if t != self.num_tasks:
+                raise IncompatibleError(
+                    f"combiner '{name}' keeps state for {self.num_tasks} tasks but got {t} without task_ids; "
+                    "pass task_ids (which training task each row is) or train on all tasks in every batch "
+                    "(meta_batch = num_tasks).")
+            return torch.arange(t, device=device)
+        ids = task_ids.to(device=device, dtype=torch.long).reshape(-1)
+        if ids.numel() != t or (t and (int(ids.min()) < 0 or int(ids.max()) >= self.num_tasks)):
+            raise ShapeError(f"combiner '{name}': task_ids must be {t} indices in [0, {self.num_tasks}), "
+                             f"got {task_ids.tolist()}.")
+        return ids
 
 
 def task_jacobian(losses: Tensor, params: Tensor, *, retain_graph: bool = True) -> Tensor:

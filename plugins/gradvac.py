@@ -1,0 +1,89 @@
+"""Multi-task combiner ``gradvac``: Gradient Vaccine.
+
+Wang, Tsvetkov, Firat, Cao. Gradient Vaccine: Investigating and Improving Multi-task Optimization
+in Massively Multilingual Models. ICLR 2021, Algorithm 1 and eq. (5).  For each task i, visit the
+other tasks j in a random order; with phi_ij the cosine of the running g_i' and g_j and phi^_ij an
+exponential moving average of it (the similarity goal), whenever phi_ij < phi^_ij set
+
+    g_i' <- g_i' + |g_i'| (phi^_ij sqrt(1 - phi_ij^2) - phi_ij sqrt(1 - phi^_ij^2))
+                  / (|g_j| sqrt(1 - phi^_ij^2)) g_j,
+
+which makes the cosine exactly phi^_ij; then phi^_ij <- (1 - beta) phi^_ij + beta phi_ij.  With
+phi^ = 0 (the initial goal) the correction is PCGrad's projection.  The update is the mean of
+the g_i' (the paper sums).  The goals phi^ are a [num_tasks, num_tasks] buffer indexed by task id.
+
+As in PCGrad every g_i' is a combination of the original rows, so everything runs on [T, T]
+coefficients and the Gram matrix (inner products from metareg.ops.pairwise_cosine).  Deviations:
+one goal per task pair for the whole shared parameter vector (the paper also keeps one per layer
+group); goals are clipped to |phi^| <= 1 - 1e-6, since the correction divides by
+sqrt(1 - phi^^2).
+"""
+
+import torch
+
+import metareg
+from metareg import Combiner
+
+
+@metareg.config
+class GradVacConfig:
+    beta: float = metareg.param(0.01, "EMA rate beta of the similarity goals (paper: 1e-2)", gt=0, le=1)
+    seed: int = metareg.param(0, "seed of the random visiting order")
+
+
+@metareg.combiner("gradvac", family="gradient",
+                  summary="raise each pair's gradient cosine to an EMA goal (PCGrad when the goal is 0)",
+                  paper="Wang et al. Gradient Vaccine. ICLR 2021", config=GradVacConfig)
+class GradVac(Combiner):
+    needs_jacobian = True
+    order_invariant = False
+
+    def __init__(self, config=None, num_tasks=None):
+        super().__init__(config or GradVacConfig(), num_tasks)
+        if num_tasks is None:
+            raise metareg.errors.ConfigError("gradvac keeps a similarity goal per task pair: build it with num_tasks=M.")
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+        self.register_buffer("goal", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))
+
+    def projection_order(self, t):
+        """The [T, T-1] visiting order of the next call (advances the generator)."""
+        return metareg.projection_orders(t, self.generator)
+
+    @torch.no_grad()
+    def weights(self, g, order, ids):
+        """Weights w [T] of the update w @ J from the scaled Gram matrix g; updates the goals."""
+        t = g.shape[0]
+        coef = torch.eye(t, dtype=g.dtype, device=g.device)
+        rows = torch.arange(t, device=g.device)
+        order = order.to(g.device)
+        sq = g.diagonal().clamp_min(0)
+        goal = self.goal.to(device=g.device, dtype=g.dtype)
+        lim = 1 - 1e-6
+        for k in range(t - 1):
+            j = order[:, k]
+            cg = coef @ g
+            dot = cg[rows, j]
+            ni = (cg * coef).sum(1).clamp_min(0).sqrt()
+            nj = sq[j].sqrt()
+            ok = (ni > 0) & (nj > 0)
+            phi = torch.where(ok, dot / (ni * nj).clamp_min(1e-300), 0.0).clamp(-1, 1)
+            tgt = goal[ids, ids[j]].clamp(-lim, lim)
+            hit = ok & (phi < tgt)
+            step = ni * (tgt * (1 - phi**2).sqrt() - phi * (1 - tgt**2).sqrt()) / (nj * (1 - tgt**2).sqrt()).clamp_min(1e-300)
+            coef[rows, j] += torch.where(hit, step, 0.0)
+            goal[ids, ids[j]] = (1 - self.config.beta) * goal[ids, ids[j]] + self.config.beta * phi
+        self.goal.copy_(goal)
+        return coef.mean(0)
+
+    def aggregate(self, jacobian, losses=None, task_ids=None):
+        t = jacobian.shape[0]
+        ids = self.task_index(t, task_ids, torch.device("cpu"))
+        order = self.projection_order(t)
+        g, _ = metareg.normalized_gram(jacobian, cosine=True)
+        w = self.weights(g, order, ids.to(g.device))
+        return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+
+
+@metareg.hookimpl
+def register_algorithms(register):
+    register(GradVac)

@@ -1,0 +1,70 @@
+"""Multi-task combiner ``pcgrad``: projecting conflicting gradients.
+
+Yu, Kumar, Gupta, Levine, Hausman, Finn. Gradient Surgery for Multi-Task Learning. NeurIPS 2020,
+Algorithm 1 (eq. 1): for each task i, visit the other tasks j in a random order and, whenever the
+running g_i^PC conflicts with g_j (g_i^PC . g_j < 0), remove that component:
+g_i^PC <- g_i^PC - (g_i^PC . g_j / |g_j|^2) g_j.  The update is the mean of the g_i^PC (the paper
+sums them; the mean keeps ``equal``'s scale, so learning rates carry over).
+
+Every g_i^PC is a combination sum_k C_ik g_k of the original gradients, and the algorithm only
+ever needs inner products, so it runs on the [T, T] coefficients C and the Gram matrix:
+g_i^PC . g_j = (C G)_ij.  The cost is one pass over J for G (through metareg.ops.pairwise_cosine,
+which also finds the conflicts: no negative cosine means no projection and the plain mean) and
+one pass for the update, and the T sequential projections of all tasks run as T-1 batched steps.
+The random order comes from the combiner's own generator, seeded from its config, so a run is
+reproducible; it is why the result depends on the order of the rows (``order_invariant = False``).
+"""
+
+import torch
+
+import metareg
+from metareg import Combiner
+
+
+@metareg.config
+class PCGradConfig:
+    seed: int = metareg.param(0, "seed of the random projection order")
+
+
+@metareg.combiner("pcgrad", family="gradient",
+                  summary="project each task gradient off the normal plane of the gradients it conflicts with",
+                  paper="Yu et al. Gradient Surgery for Multi-Task Learning. NeurIPS 2020", config=PCGradConfig)
+class PCGrad(Combiner):
+    needs_jacobian = True
+    order_invariant = False
+
+    def __init__(self, config=None, num_tasks=None):
+        super().__init__(config or PCGradConfig(), num_tasks)
+        self.generator = torch.Generator().manual_seed(self.config.seed)
+
+    def projection_order(self, t):
+        """The [T, T-1] visiting order of the next call (advances the generator)."""
+        return metareg.projection_orders(t, self.generator)
+
+    def weights(self, g, order):
+        """Weights w [T] of the update w @ J, from the scaled Gram matrix g [T, T]."""
+        t = g.shape[0]
+        coef = torch.eye(t, dtype=g.dtype, device=g.device)
+        rows = torch.arange(t, device=g.device)
+        order = order.to(g.device)
+        sq = g.diagonal()
+        for k in range(t - 1):
+            j = order[:, k]
+            dot = (coef @ g)[rows, j]
+            hit = (dot < 0) & (sq[j] > 0)
+            coef[rows, j] -= torch.where(hit, dot / sq[j].clamp_min(1e-300), 0.0)
+        return coef.mean(0)
+
+    def aggregate(self, jacobian, losses=None, task_ids=None):
+        t = jacobian.shape[0]
+        order = self.projection_order(t)
+        g, _ = metareg.normalized_gram(jacobian, cosine=True)
+        if not bool((g < 0).any()):
+            return jacobian.mean(0)
+        w = self.weights(g, order)
+        return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+
+
+@metareg.hookimpl
+def register_algorithms(register):
+    register(PCGrad)

@@ -1,0 +1,51 @@
+"""Multi-task combiner ``upgrad``: unconflicting projection of gradients.
+
+Quinton, Rey. Jacobian Descent for Multi-Objective Optimization. 2024 (torchjd), section 4 /
+eq. (6): A_UPGrad(J) = (1/T) sum_i pi_J(g_i), where pi_J projects onto the dual cone
+{x : J x >= 0} of the rows of J.  Their Proposition 3 turns each projection into a [T, T] problem:
+pi_J(J' u) = J' w with w = argmin_{v >= u} v' G v.  With u = e_i and v = e_i + x that is the
+non-negative QP min_{x >= 0} 1/2 x' G x + (G e_i)' x, solved for all i at once by the active-set
+method of metareg.nonneg_qp; the update is (1/T) sum_i (e_i + x_i) @ J.
+
+The KKT conditions of those QPs are G w_i >= 0, i.e. each projection has a non-negative inner
+product with every task gradient, and hence so has their mean: the update conflicts with no task.
+Solving them exactly (not by a fixed number of first-order steps) is what keeps that true to
+rounding.  torchjd normalises G and regularises it as well; here G is scaled to unit largest
+diagonal and regularised by 1e-10 of its mean diagonal.
+"""
+
+import torch
+
+import metareg
+from metareg import Combiner
+
+
+@metareg.config
+class UPGradConfig:
+    pass
+
+
+@metareg.combiner("upgrad", family="gradient",
+                  summary="mean of the task gradients, each projected onto the dual cone of all of them",
+                  paper="Quinton, Rey. Jacobian Descent for Multi-Objective Optimization. 2024", config=UPGradConfig)
+class UPGrad(Combiner):
+    needs_jacobian = True
+
+    def weights(self, g):
+        """w [T] with update w @ J, from the scaled Gram matrix g [T, T]."""
+        t = g.shape[0]
+        x = metareg.nonneg_qp(g, g)  # row i: c = G e_i (G is symmetric)
+        return (torch.eye(t, dtype=g.dtype, device=g.device) + x).mean(0)
+
+    def aggregate(self, jacobian, losses=None, task_ids=None):
+        g, scale = metareg.normalized_gram(jacobian)
+        if scale == 0:
+            return jacobian.new_zeros(jacobian.shape[1])
+        if not bool((g < 0).any()):
+            return jacobian.mean(0)  # every g_i already lies in the dual cone
+        return self.weights(g).to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+
+
+@metareg.hookimpl
+def register_algorithms(register):
+    register(UPGrad)
