@@ -3,6 +3,10 @@
 These are the specification (the C++/CUDA kernels must match them), the test oracle, and the
 fallback used when the compiled extension ``metareg._C`` is not available.  They are written in
 differentiable torch ops, so autograd (to any order) works through them.
+
+The ``*_backward`` functions spell out the gradients the kernels compute; they are what the
+autograd of the compiled backward ops differentiates (second-order MAML through the ops), and the
+tests check them against autograd of the forward definitions.
 """
 
 from __future__ import annotations
@@ -10,26 +14,73 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pairwise_cosine", "task_step"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_backward", "task_step", "task_step_backward"]
 
 
-def pairwise_cosine(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """Cosine similarity of every row of ``a`` with every row of ``b``.
 
-    a: [B, N, D], b: [B, M, D] -> [B, N, M].  Each row norm is clamped below at ``eps``
-    (``a_i / max(|a_i|, eps)``), so a zero row gives similarity 0, never NaN.
+    a: [B, N, D], b: [B, M, D] -> [B, N, M] (or a [N, D], b [M, D] -> [N, M]); ``b=None`` means
+    ``b = a``.  Each row norm is clamped below at ``eps`` (``a_i / max(|a_i|, eps)``), so a zero
+    row gives similarity 0, never NaN.
     """
+    if b is None:
+        b = a
     na = a.norm(dim=-1, keepdim=True).clamp_min(eps)
     nb = b.norm(dim=-1, keepdim=True).clamp_min(eps)
     return torch.matmul(a / na, (b / nb).transpose(-1, -2))
+
+
+def _normalized(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    norm = x.norm(dim=-1, keepdim=True)
+    inv = 1.0 / norm.clamp_min(eps)
+    # clamp_min passes gradient where norm >= eps: only those rows get the radial correction.
+    return x * inv, inv, (norm >= eps).to(x.dtype)
+
+
+def pairwise_cosine_backward(grad: Tensor, a: Tensor, b: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """Gradients of :func:`pairwise_cosine` with respect to ``a`` and ``b`` given ``grad`` [B, N, M].
+
+    With ``ah = a / max(|a|, eps)``: ``g = grad @ bh``, and
+    ``grad_a = (g - [|a| >= eps] * <g, ah> * ah) / max(|a|, eps)`` row by row (symmetrically for b
+    with ``grad^T @ ah``).  ``<g, ah>`` equals the row sum of ``grad * out``, so the output need not
+    be kept.
+    """
+    ah, ia, ma = _normalized(a, eps)
+    bh, ib, mb = _normalized(b, eps)
+    ga = torch.matmul(grad, bh)
+    gb = torch.matmul(grad.transpose(-1, -2), ah)
+    ga = ia * (ga - ma * (ga * ah).sum(-1, keepdim=True) * ah)
+    gb = ib * (gb - mb * (gb * bh).sum(-1, keepdim=True) * bh)
+    return ga, gb
 
 
 def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
     """One gradient step for every task of a meta-batch: ``params - lr * grads``.
 
     params: [P] (one starting point shared by all tasks) or [T, P]; grads: [T, P];
-    lr: a float, a [P] tensor (per-parameter rates, Meta-SGD) or a [T, P] tensor.  Returns [T, P].
+    lr: a float, a 0-d tensor, a [P] tensor (per-parameter rates, Meta-SGD) or a [T, P] tensor.
+    Returns [T, P].
     """
     if isinstance(lr, Tensor):
         return params - lr * grads
     return torch.add(params, grads, alpha=-lr)
+
+
+def _sum_to(x: Tensor, shape: torch.Size) -> Tensor:
+    """Sum the broadcast dimensions of ``x`` ([T, P]) back to ``shape`` ([], [P] or [T, P])."""
+    if x.shape == shape:
+        return x
+    if len(shape) == 0:
+        return x.sum()
+    return x.sum(0)
+
+
+def task_step_backward(grad: Tensor, grads: Tensor, lr: Tensor, params_shared: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients of :func:`task_step` with a tensor ``lr``: (d params, d grads, d lr).
+
+    d params is ``grad`` summed over tasks when ``params_shared`` (params [P]), else ``grad``;
+    d grads is ``-lr * grad``; d lr is ``-grad * grads`` summed to lr's shape.
+    """
+    d_params = grad.sum(0) if params_shared else grad
+    return d_params, -lr * grad, _sum_to(-grad * grads, lr.shape)

@@ -1,0 +1,172 @@
+"""Loading of ``metareg._C`` and the Python half of its op registrations.
+
+Importing ``metareg._C`` runs the C++ registrations (schemas and CPU/CUDA kernels).  The fake
+kernels (for torch.compile) and the autograd formulas are registered here with ``torch.library``
+and only when that import succeeded: registering them for ops that do not exist would make
+``import metareg`` fail wherever the extension is not built.
+
+``METAREG_DISABLE_EXTENSION=1`` skips loading (the reference implementation is used), for tests
+and for ruling the kernels out when debugging.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import torch
+
+from . import _reference as ref
+
+__all__ = ["DISABLE_ENV", "extension", "load_reason", "kernels"]
+
+DISABLE_ENV = "METAREG_DISABLE_EXTENSION"
+OPS = ("pairwise_cosine", "pairwise_cosine_backward", "task_step", "task_step_tensor", "task_step_backward")
+
+
+def _load() -> tuple[ModuleType | None, str]:
+    flag = os.environ.get(DISABLE_ENV, "")
+    if flag not in ("", "0"):
+        return None, f"disabled by {DISABLE_ENV}={flag}"
+    try:
+        from .. import _C
+    except ModuleNotFoundError:
+        return None, ("metareg._C is not built (install with `pip install --no-build-isolation -e .` or "
+                      "`python setup.py build_ext --inplace`)")
+    except Exception as exc:  # an ABI mismatch or a failed registration must not break import
+        return None, f"metareg._C failed to load: {type(exc).__name__}: {exc}"
+    return _C, f"loaded from {_C.__file__}"
+
+
+def _has_kernel(op: str, key: str) -> bool:
+    try:
+        return bool(torch._C._dispatch_has_kernel_for_dispatch_key(f"metareg::{op}", key))
+    except Exception:  # pragma: no cover - private API moved
+        return False
+
+
+def _register() -> None:
+    lib = "metareg::"
+
+    # -- fake kernels: shapes only, for torch.compile and meta tensors -------------------------
+    @torch.library.register_fake(lib + "pairwise_cosine")
+    def _(a, b, eps=1e-8):
+        if a.dim() == 3:
+            return a.new_empty((a.shape[0], a.shape[1], b.shape[1]))
+        return a.new_empty((a.shape[0], b.shape[0]))
+
+    @torch.library.register_fake(lib + "pairwise_cosine_backward")
+    def _(grad, a, b, eps):
+        return (torch.empty_like(a, memory_format=torch.contiguous_format),
+                torch.empty_like(b, memory_format=torch.contiguous_format))
+
+    @torch.library.register_fake(lib + "task_step")
+    def _(params, grads, lr):
+        return grads.new_empty(grads.shape)
+
+    @torch.library.register_fake(lib + "task_step_tensor")
+    def _(params, grads, lr):
+        return grads.new_empty(grads.shape)
+
+    @torch.library.register_fake(lib + "task_step_backward")
+    def _(grad, grads, lr, params_shared):
+        p = grads.shape[1] if params_shared else 0
+        return grads.new_empty((p,)), grads.new_empty(grads.shape), lr.new_empty(lr.shape)
+
+    ops = torch.ops.metareg
+
+    # -- pairwise_cosine: the C++ backward op; its own autograd (below) makes it twice
+    # differentiable ------------------------------------------------------------------------
+    def pc_setup(ctx, inputs, output):
+        a, b, eps = inputs
+        ctx.eps = eps
+        ctx.save_for_backward(a, b)
+
+    def pc_backward(ctx, grad):
+        a, b = ctx.saved_tensors
+        ga, gb = ops.pairwise_cosine_backward(grad, a, b, ctx.eps)
+        return ga, gb, None
+
+    torch.library.register_autograd(lib + "pairwise_cosine", pc_backward, setup_context=pc_setup)
+
+    def pcb_setup(ctx, inputs, output):
+        grad, a, b, eps = inputs
+        ctx.eps = eps
+        ctx.save_for_backward(grad, a, b)
+
+    def pcb_backward(ctx, gga, ggb):
+        # Second order is rare (Matching Networks inside MAML) and needs no kernel of its own:
+        # differentiate the reference backward, which is the same function in plain torch ops.
+        grad, a, b = ctx.saved_tensors
+        eps = ctx.eps
+        _, vjp = torch.func.vjp(lambda g, x, y: ref.pairwise_cosine_backward(g, x, y, eps), grad, a, b)
+        d_grad, d_a, d_b = vjp((gga, ggb))
+        return d_grad, d_a, d_b, None
+
+    torch.library.register_autograd(lib + "pairwise_cosine_backward", pcb_backward, setup_context=pcb_setup)
+
+    # -- task_step: the backward is a sum and a scaling, plain torch ops, so differentiable to any
+    # order as they stand ---------------------------------------------------------------------
+    def ts_setup(ctx, inputs, output):
+        params, grads, lr = inputs
+        ctx.lr = lr
+        ctx.shared = params.dim() == 1
+
+    def ts_backward(ctx, grad):
+        need_p, need_g, _ = ctx.needs_input_grad
+        d_params = (grad.sum(0) if ctx.shared else grad) if need_p else None
+        d_grads = grad * (-ctx.lr) if need_g else None
+        return d_params, d_grads, None
+
+    torch.library.register_autograd(lib + "task_step", ts_backward, setup_context=ts_setup)
+
+    def tst_setup(ctx, inputs, output):
+        params, grads, lr = inputs
+        ctx.shared = params.dim() == 1
+        # grads is only needed for d lr: do not keep a [T, P] tensor alive for nothing.
+        ctx.save_for_backward(grads if lr.requires_grad else None, lr)
+
+    def tst_backward(ctx, grad):
+        grads, lr = ctx.saved_tensors
+        need_p, need_g, need_lr = ctx.needs_input_grad
+        if need_lr:
+            # One pass for all three (Meta-SGD): d params, d grads and d lr.
+            d_sum, d_grads, d_lr = ops.task_step_backward(grad, grads, lr, ctx.shared)
+            d_params = (d_sum if ctx.shared else grad) if need_p else None
+            return d_params, d_grads if need_g else None, d_lr
+        d_params = (grad.sum(0) if ctx.shared else grad) if need_p else None
+        d_grads = grad * (-lr) if need_g else None
+        return d_params, d_grads, None
+
+    torch.library.register_autograd(lib + "task_step_tensor", tst_backward, setup_context=tst_setup)
+
+    def tsb_setup(ctx, inputs, output):
+        grad, grads, lr, shared = inputs
+        ctx.shared = shared
+        ctx.save_for_backward(grad, grads, lr)
+
+    def tsb_backward(ctx, c_params, c_grads, c_lr):
+        # Vector-Jacobian product of (grad, grads, lr) -> (sum_t grad, -lr grad, sum_to(-grad grads)).
+        grad, grads, lr = ctx.saved_tensors
+        d_grad = -(lr * c_grads) - grads * c_lr
+        if ctx.shared:
+            d_grad = d_grad + c_params
+        d_grads = -(grad * c_lr)
+        d_lr = ref._sum_to(-(c_grads * grad), lr.shape)
+        return d_grad, d_grads, d_lr, None
+
+    torch.library.register_autograd(lib + "task_step_backward", tsb_backward, setup_context=tsb_setup)
+
+
+extension, load_reason = _load()
+if extension is not None:
+    try:
+        _register()
+    except Exception as exc:  # e.g. a torch too old for torch.library.register_autograd
+        extension, load_reason = None, f"metareg._C loaded but its Python registrations failed: {exc}"
+
+#: Which devices have a compiled kernel for every op, e.g. {"cpu": True, "cuda": False}.
+kernels = {
+    "cpu": extension is not None and all(_has_kernel(op, "CPU") for op in OPS),
+    "cuda": extension is not None and all(_has_kernel(op, "CUDA") for op in OPS),
+}
