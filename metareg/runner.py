@@ -250,7 +250,7 @@ class Run:
         metrics_fh = (out / "metrics.jsonl").open("a") if out is not None else None
         hook = self.manager.hook
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        status, step, loss_avg = "completed", 0, float("nan")
+        status, done, loss_avg = "completed", 0, float("nan")
         old_term = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum, frame):  # noqa: ARG001
@@ -274,6 +274,7 @@ class Run:
                 if cfg.grad_clip > 0:
                     m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip))
                 self.optimizer.step()
+                done = step  # parameters now reflect this many completed steps
                 train_time += time.perf_counter() - ts
                 loss = m.get("loss", float("nan"))
                 loss_avg = loss if step == 1 else 0.95 * loss_avg + 0.05 * loss
@@ -290,7 +291,6 @@ class Run:
                 bar.update(1)
         except KeyboardInterrupt:
             status = "interrupted"
-            step -= 1
         finally:
             bar.close()
             if old_term is not None:
@@ -299,12 +299,12 @@ class Run:
             "algorithm": self.algo_spec.name,
             "benchmark": self.bench_spec.name,
             "status": status,
-            "steps": step,
+            "steps": done,
             "seed": cfg.seed,
             "device": str(self.device),
             "num_params": self.num_params,
             "train_time_s": round(train_time, 3),
-            "steps_per_s": round(step / train_time, 2) if train_time > 0 else None,
+            "steps_per_s": round(done / train_time, 2) if train_time > 0 else None,
             "final_loss": loss_avg,
         }
         if status == "completed":
@@ -314,7 +314,7 @@ class Run:
         summary["peak_memory_mb"] = _peak_memory_mb(self.device)
         summary["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if out is not None:
-            self.save_checkpoint(out / "checkpoint.pt", step)
+            self.save_checkpoint(out / "checkpoint.pt", done)
             write_json_atomic(out / "summary.json", summary)
             summary_path = str(out)
             summary["out"] = summary_path
