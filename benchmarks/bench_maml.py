@@ -1,0 +1,99 @@
+"""MAML on sinusoid: metareg's outer step against the fastest plain-torch ways of doing the same step.
+
+Same model (MLP 1-40-40-1), same data (a pool of pre-sampled meta-batches of 25 tasks, 10 support
+and 10 query points each), same inner step (one, lr 0.01, second order) and the same Adam step.
+Target (issue 2): metareg at least 2x the outer steps per second of the torch.func.vmap version.
+The per-task loop is what learn2learn, higher and TorchOpt do.
+"""
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+
+from metareg.runner import Run
+
+LR = 0.01
+POOL = 16
+
+
+@pytest.fixture(scope="module")
+def batches():
+    run = Run("maml", "sinusoid", {})
+    run.build()
+    g = torch.Generator().manual_seed(0)
+    return [run.bench.train_batch(g) for _ in range(POOL)]
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(1, 40), nn.ReLU(), nn.Linear(40, 40), nn.ReLU(), nn.Linear(40, 1))
+
+
+def _bench(benchmark, fn, role, label):
+    benchmark.group = "maml sinusoid outer step (T=25, K=10, 2nd order)"
+    benchmark.extra_info["role"] = role
+    benchmark.extra_info["label"] = label
+    benchmark.pedantic(fn, rounds=60, iterations=5, warmup_rounds=5)
+
+
+def test_metareg_maml(benchmark, batches):
+    run = Run("maml", "sinusoid", {})
+    run.build()
+    learner, opt = run.learner, run.optimizer
+    it = itertools.cycle(batches)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        learner.step(next(it))
+        opt.step()
+
+    _bench(benchmark, step, "metareg", "metareg maml")
+
+
+def test_torch_func_vmap(benchmark, batches):
+    model = _model()
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    opt = torch.optim.Adam(params.values(), lr=1e-3, foreach=True)
+
+    def task_loss(p, x, y):
+        return F.mse_loss(functional_call(model, p, (x,)), y)
+
+    def inner(p, xs, ys, xq, yq):
+        g = grad(task_loss)(p, xs, ys)
+        return task_loss({k: p[k] - LR * g[k] for k in p}, xq, yq)
+
+    batched = vmap(inner, in_dims=(None, 0, 0, 0, 0))
+    it = itertools.cycle(batches)
+
+    def step():
+        b = next(it)
+        opt.zero_grad(set_to_none=True)
+        batched(params, b.support_x, b.support_y, b.query_x, b.query_y).mean().backward()
+        opt.step()
+
+    _bench(benchmark, step, "baseline", "torch.func.vmap")
+
+
+def test_per_task_loop(benchmark, batches):
+    model = _model()
+    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    opt = torch.optim.Adam(params.values(), lr=1e-3, foreach=True)
+    it = itertools.cycle(batches)
+
+    def step():
+        b = next(it)
+        opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for i in range(b.num_tasks):
+            loss = F.mse_loss(functional_call(model, params, (b.support_x[i],)), b.support_y[i])
+            g = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+            fast = {k: p - LR * gi for (k, p), gi in zip(params.items(), g)}
+            total = total + F.mse_loss(functional_call(model, fast, (b.query_x[i],)), b.query_y[i])
+        (total / b.num_tasks).backward()
+        opt.step()
+
+    _bench(benchmark, step, "baseline", "per-task loop (learn2learn-style)")
