@@ -18,8 +18,11 @@ from .tasks.base import TaskDistribution, task_metric
 __all__ = ["evaluate", "metric_name"]
 
 
-def metric_name(metric: str, k: int) -> str:
-    """``mse_before``, ``mse_after_1_step``, ``mse_after_10_steps`` ..."""
+def metric_name(metric: str, k: int, *, stepwise: bool = True) -> str:
+    """``mse_before``, ``mse_after_1_step``, ``mse_after_10_steps`` ...; just ``accuracy`` for a
+    learner that adapts without steps."""
+    if not stepwise:
+        return metric
     if k == 0:
         return f"{metric}_before"
     return f"{metric}_after_{k}_step{'s' if k != 1 else ''}"
@@ -41,6 +44,9 @@ def evaluate(
     number of adaptation steps in ``steps``."""
     metric = bench.info.metric
     per_step: dict[int, list[torch.Tensor]] = {}
+    stepwise = getattr(learner, "step_adaptation", True)
+    if not stepwise:
+        steps = [0]
     was_training = learner.training
     learner.eval()
     try:
@@ -59,7 +65,7 @@ def evaluate(
         vals = torch.cat(per_step[k])
         mean = vals.mean().item()
         ci = 1.96 * vals.std(unbiased=True).item() / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
-        name = metric_name(metric, k)
+        name = metric_name(metric, k, stepwise=stepwise)
         out[name] = mean
         out[name + "_ci95"] = ci
     out["eval_tasks"] = num_tasks

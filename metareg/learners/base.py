@@ -41,6 +41,9 @@ class Learner(nn.Module):
     kind: ClassVar[str] = ""
     #: capabilities as data, e.g. {"second_order", "first_order", "learned_inner_lr"}
     capabilities: ClassVar[frozenset[str]] = frozenset()
+    #: False for learners that adapt without steps (metric-based: comparing with the support set
+    #: is the adaptation); evaluation then reports one plain metric such as ``accuracy``
+    step_adaptation: ClassVar[bool] = True
 
     def __init__(self, config: Any, context: LearnerContext) -> None:
         super().__init__()

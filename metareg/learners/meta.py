@@ -56,14 +56,33 @@ class GradientMetaLearner(Learner):
         return ops.task_step(fast, grads, lr)
 
     # -- network pieces ----------------------------------------------------------------------
-    def features(self, theta: Tensor, x: Tensor) -> Tensor:
-        """The part of the network that is not adapted (shared by all tasks); identity for MAML."""
+    def features(self, theta: Tensor, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
+        """The part of the network that is not adapted (shared by all tasks), on the support and
+        query inputs; identity for MAML."""
         if self.adapt_from_layer == 0:
-            return x
-        return self.net.forward(theta[: self.split], x, 0, self.adapt_from_layer)
+            return support_x, query_x
+        body = theta[: self.split]
+        s = support_x.shape[1]
+        feats_s = self.net.forward(body, support_x, 0, self.adapt_from_layer, support_size=s)
+        if self.net.transductive:
+            feats_q = self.net.forward(body, query_x, 0, self.adapt_from_layer)
+        else:
+            both = self.net.forward(body, torch.cat([support_x, query_x], 1), 0, self.adapt_from_layer, support_size=s)
+            feats_q = both[:, s:]
+        return feats_s, feats_q
 
     def predict(self, fast: Tensor, feats: Tensor) -> Tensor:
-        return self.net.forward(fast, feats, self.adapt_from_layer)
+        """Predictions on the support set itself (the inner-loop loss)."""
+        return self.net.forward(fast, feats, self.adapt_from_layer, support_size=feats.shape[1])
+
+    def predict_query(self, fast: Tensor, feats_s: Tensor, feats_q: Tensor) -> Tensor:
+        """Predictions on the query set; with non-transductive normalisation the support set
+        rides along so the statistics come from it alone."""
+        if self.net.transductive:
+            return self.net.forward(fast, feats_q, self.adapt_from_layer)
+        s = feats_s.shape[1]
+        both = self.net.forward(fast, torch.cat([feats_s, feats_q], 1), self.adapt_from_layer, support_size=s)
+        return both[:, s:]
 
     # -- inner loop --------------------------------------------------------------------------
     def adapt(self, fast: Tensor, feats: Tensor, y: Tensor, steps: int, *, create_graph: bool,
@@ -96,11 +115,10 @@ class GradientMetaLearner(Learner):
     # -- training and evaluation -------------------------------------------------------------
     def step(self, batch: TaskBatch) -> dict[str, float]:
         theta = self.theta
-        feats_s = self.features(theta, batch.support_x)
-        feats_q = self.features(theta, batch.query_x)
+        feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
         fast, _ = self.adapt(theta[self.split:], feats_s, batch.support_y, self.config.inner_steps,
                              create_graph=not self.config.first_order)
-        query_losses = self.losses(self.predict(fast, feats_q), batch.query_y)
+        query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
         meta_loss = query_losses.mean()
         meta_loss.backward()
         return {"loss": meta_loss.item()}
@@ -109,8 +127,7 @@ class GradientMetaLearner(Learner):
         with torch.enable_grad():
             theta = self.theta.detach()
             with torch.no_grad():
-                feats_s = self.features(theta, batch.support_x)
-                feats_q = self.features(theta, batch.query_x)
+                feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
             wanted = sorted(set(steps))
             _, kept = self.adapt(theta[self.split:], feats_s, batch.support_y, max(wanted), create_graph=False,
                                  lr=_detached(self.inner_lr()), keep=[k for k in wanted if k > 0])
@@ -118,7 +135,7 @@ class GradientMetaLearner(Learner):
             with torch.no_grad():
                 for k in wanted:
                     fast = theta[self.split:] if k == 0 else kept[k].detach()
-                    out[k] = self.predict(fast, feats_q)
+                    out[k] = self.predict_query(fast, feats_s, feats_q)
             return out
 
 

@@ -129,14 +129,21 @@ class FunctionalNet:
             out.append(d)
         return out
 
-    def forward(self, flat: Tensor, x: Tensor, start: int = 0, end: int | None = None) -> Tensor:
+    #: False when some layer normalises query examples with support statistics only; forwards
+    #: over query examples must then include the support set and pass ``support_size``
+    transductive = True
+
+    def forward(self, flat: Tensor, x: Tensor, start: int = 0, end: int | None = None, *,
+                support_size: int | None = None) -> Tensor:
         """Run layers ``start:end`` on ``x`` [T, N, ...] with parameters ``flat`` [P_range] or
-        [T, P_range]; returns [T, N, ...]."""
+        [T, P_range]; returns [T, N, ...].  ``support_size`` (the first S of the N examples are
+        support) matters only to networks with normalisation layers."""
         end = len(self.layers) if end is None else end
         batched = flat.dim() == 2
         for layer, p in zip(self.layers[start:end], self.views(flat, start, end)):
             x = layer.forward(p, x, batched)
         return x
 
-    def __call__(self, flat: Tensor, x: Tensor, start: int = 0, end: int | None = None) -> Tensor:
-        return self.forward(flat, x, start, end)
+    def __call__(self, flat: Tensor, x: Tensor, start: int = 0, end: int | None = None, *,
+                 support_size: int | None = None) -> Tensor:
+        return self.forward(flat, x, start, end, support_size=support_size)

@@ -1,0 +1,46 @@
+"""Prototypical Networks.
+
+Snell, Swersky, Zemel. Prototypical Networks for Few-shot Learning. NeurIPS 2017.  Eq. 1: the
+prototype of class k is the mean embedded support example, c_k = 1/|S_k| sum f(x_i); eq. 2:
+p(y = k | x) = softmax_k(-d(f(x), c_k)) with d the squared Euclidean distance.  The cosine option
+scores -d = scale * cos(f(x), c_k) (with a learned scale, as in Chen et al. 2019's cosine
+classifier), computed by metareg.ops.pairwise_cosine.
+"""
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+import metareg
+from metareg.learners import EmbeddingLearner, class_means
+
+
+@metareg.config
+class ProtoNetConfig:
+    distance: Literal["euclidean", "cosine"] = metareg.param("euclidean", "squared Euclidean (the paper) or cosine")
+    cosine_scale: float = metareg.param(10.0, "initial (learned) temperature of the cosine scores", gt=0)
+    backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
+
+
+@metareg.algorithm("protonet", kind="meta", family="metric", summary="nearest class mean (prototype) in embedding space",
+                   paper="Snell, Swersky, Zemel. Prototypical Networks for Few-shot Learning. NeurIPS 2017",
+                   config=ProtoNetConfig, requires={"episodic", "classification"})
+class ProtoNet(EmbeddingLearner):
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        if config.distance == "cosine":
+            self.log_scale = nn.Parameter(torch.tensor(config.cosine_scale, dtype=context.dtype).log())
+
+    def logits(self, query, support, labels):
+        protos = class_means(support, labels, self.ways)  # [T, N, F]
+        if self.config.distance == "cosine":
+            return self.log_scale.exp() * metareg.ops.pairwise_cosine(query, protos)
+        # |q - c|^2 = |q|^2 - 2 q.c + |c|^2, as one batched GEMM rather than a [T, Q, N, F] difference
+        return -(query.pow(2).sum(-1, keepdim=True) - 2 * query @ protos.transpose(1, 2)
+                 + protos.pow(2).sum(-1).unsqueeze(1))
+
+
+@metareg.hookimpl
+def register_algorithms(register):
+    register(ProtoNet)

@@ -1,0 +1,55 @@
+"""Relation Networks.
+
+Sung, Yang, Zhang, Xiang, Torr, Hospedales. Learning to Compare: Relation Network for Few-Shot
+Learning. CVPR 2018.  Eq. 1: r_{i,j} = g_phi(C(f(x_i), f(x_j))) with C concatenation and f the
+embedding; for K-shot the class representation is the sum of its support embeddings (section
+3.2); eq. 2: trained by mean squared error of r against 1[y_i == y_j].  The paper's relation
+module is two conv blocks and two fully connected layers on 64-channel feature maps; on 28x28
+inputs Conv4 leaves a 1x1 map, where those conv blocks reduce to fully connected layers, so
+g_phi here is an MLP on the concatenated embedding vectors (hidden width ``relation_hidden``).
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import metareg
+from metareg.learners import EmbeddingLearner, class_means, one_hot
+
+
+@metareg.config
+class RelationNetConfig:
+    relation_hidden: int = metareg.param(8, "hidden width of the relation module g_phi (the paper uses 8)", ge=1)
+    backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
+
+
+@metareg.algorithm("relation_net", kind="meta", family="metric", summary="a learned relation score between query and class",
+                   paper="Sung et al. Learning to Compare: Relation Network for Few-Shot Learning. CVPR 2018",
+                   config=RelationNetConfig, requires={"episodic", "classification"})
+class RelationNet(EmbeddingLearner):
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        d, h = self.feature_dim, config.relation_hidden
+        gen = context.generator
+        self.relation = nn.Sequential(nn.Linear(2 * d, h), nn.ReLU(), nn.Linear(h, 1))
+        with torch.no_grad():  # seeded like every other parameter, not from the global RNG
+            for p in self.relation.parameters():
+                bound = 1.0 / (p.shape[-1] ** 0.5) if p.dim() > 1 else 0.1
+                p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
+        self.relation.to(context.device, context.dtype)
+
+    def logits(self, query, support, labels):
+        counts = one_hot(labels, self.ways, support.dtype).sum(1).unsqueeze(-1)  # [T, N, 1]
+        classes = class_means(support, labels, self.ways) * counts  # sum of the class's support embeddings
+        t, q, d = query.shape
+        n = classes.shape[1]
+        pairs = torch.cat([query.unsqueeze(2).expand(t, q, n, d), classes.unsqueeze(1).expand(t, q, n, d)], -1)
+        return torch.sigmoid(self.relation(pairs).squeeze(-1))  # [T, Q, N] relation scores in [0, 1]
+
+    def loss_from_logits(self, scores, y):
+        return F.mse_loss(scores, one_hot(y, self.ways, scores.dtype))
+
+
+@metareg.hookimpl
+def register_algorithms(register):
+    register(RelationNet)

@@ -1,0 +1,118 @@
+"""Metric-based learners on a small synthetic classification family (Gaussian blobs), checked
+against their papers' formulas written out one task and one class at a time."""
+
+import types
+
+import pytest
+import torch
+
+import metareg
+from metareg import plugins
+from metareg.runner import Run
+
+
+@metareg.config
+class BlobsConfig:
+    ways: int = metareg.param(3, "classes per task", ge=2)
+    shots: int = metareg.param(2, "support examples per class", ge=1)
+    query: int = metareg.param(4, "query examples per class", ge=1)
+    meta_batch: int = metareg.param(4, "tasks per batch", ge=1)
+    eval_query: int = metareg.param(4, "query examples per class at evaluation", ge=1)
+
+
+@metareg.benchmark("blobs", summary="Gaussian blobs", config=BlobsConfig, provides={"episodic", "classification"},
+                   metric="accuracy")
+class Blobs(metareg.TaskDistribution):
+    def __init__(self, config):
+        super().__init__(config)
+        self.info = metareg.TaskInfo(input_shape=(8,), output_dim=config.ways, loss="cross_entropy", metric="accuracy",
+                                     backbone_options=(("hidden", (32, 32)),))
+
+    def _tasks(self, t, query, g):
+        c = self.config
+        centers = torch.randn(t, c.ways, 1, 8, generator=g) * 2.0
+        n = c.shots + query
+        x = centers + torch.randn(t, c.ways, n, 8, generator=g)
+        y = torch.arange(c.ways).view(1, c.ways, 1).expand(t, c.ways, n)
+        s = c.shots
+        flat = lambda a: a.reshape(t, -1, *a.shape[3:])  # noqa: E731
+        return metareg.TaskBatch(flat(x[:, :, :s]), flat(y[:, :, :s]), flat(x[:, :, s:]), flat(y[:, :, s:]))
+
+    def train_batch(self, generator):
+        return self._tasks(self.config.meta_batch, self.config.query, generator)
+
+    def eval_batch(self, generator, num_tasks, split="test"):
+        return self._tasks(num_tasks, self.config.eval_query, generator)
+
+
+@pytest.fixture
+def manager():
+    @metareg.hookimpl
+    def register_benchmarks(register):
+        register(Blobs)
+
+    m = plugins.PluginManager()
+    m.load_entry_points()
+    m.add(types.SimpleNamespace(register_benchmarks=register_benchmarks), name="blobs_plugin")
+    return m
+
+
+def _built(algo, manager, **over):
+    r = Run(algo, "blobs", {"dtype": "float64", **over}, manager=manager)
+    r.build()
+    batch = r.bench.train_batch(torch.Generator().manual_seed(0)).to("cpu", torch.float64)
+    return r.learner, batch
+
+
+def test_protonet_logits_are_negative_squared_distances_to_class_means(manager):
+    learner, b = _built("protonet", manager)
+    q, s = learner.embed(b.query_x), learner.embed(b.support_x)
+    logits = learner.logits(q, s, b.support_y)
+    for t in range(b.num_tasks):
+        for k in range(3):
+            proto = s[t][b.support_y[t] == k].mean(0)
+            torch.testing.assert_close(logits[t, :, k], -((q[t] - proto) ** 2).sum(-1))
+
+
+def test_protonet_cosine_option(manager):
+    learner, b = _built("protonet", manager, distance="cosine")
+    q, s = learner.embed(b.query_x), learner.embed(b.support_x)
+    logits = learner.logits(q, s, b.support_y)
+    proto = s[0][b.support_y[0] == 1].mean(0)
+    want = 10.0 * torch.nn.functional.cosine_similarity(q[0], proto.unsqueeze(0), dim=-1)
+    torch.testing.assert_close(logits[0, :, 1], want)
+
+
+def test_matching_net_is_attention_over_support_labels(manager):
+    learner, b = _built("matching_net", manager)
+    q, s = learner.embed(b.query_x), learner.embed(b.support_x)
+    logp = learner.logits(q, s, b.support_y)
+    for t in range(2):
+        cos = torch.nn.functional.cosine_similarity(q[t].unsqueeze(1), s[t].unsqueeze(0), dim=-1)  # [Q, S]
+        a = torch.softmax(cos, -1)
+        for k in range(3):
+            torch.testing.assert_close(logp[t, :, k].exp(), a[:, b.support_y[t] == k].sum(-1))
+
+
+def test_relation_net_scores_sum_of_class_embeddings(manager):
+    learner, b = _built("relation_net", manager)
+    q, s = learner.embed(b.query_x), learner.embed(b.support_x)
+    scores = learner.logits(q, s, b.support_y)
+    t, k = 1, 2
+    cls = s[t][b.support_y[t] == k].sum(0)
+    want = torch.sigmoid(learner.relation(torch.cat([q[t], cls.expand_as(q[t])], -1))).squeeze(-1)
+    torch.testing.assert_close(scores[t, :, k], want)
+    assert ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize("algo,over", [("protonet", {}), ("matching_net", {}), ("matching_net", {"fce": True}),
+                                       ("relation_net", {}), ("maml", {"inner_lr": 0.5}), ("protonet", {"distance": "cosine"})])
+def test_learners_learn_blobs_far_above_chance(algo, over, manager):
+    s = Run(algo, "blobs", {"steps": 150, "eval_tasks": 200, "val_every": 0, "lr": 3e-3, **over}, manager=manager).execute(progress=False)
+    acc = s["accuracy"] if "accuracy" in s else s["accuracy_after_1_step"]
+    assert acc > 0.6, s  # chance is 1/3
+
+
+def test_metric_learner_reports_plain_accuracy(manager):
+    s = Run("protonet", "blobs", {"steps": 2, "eval_tasks": 5, "val_every": 0}, manager=manager).execute(progress=False)
+    assert "accuracy" in s and "accuracy_ci95" in s and not any(k.startswith("accuracy_after") for k in s)
