@@ -24,7 +24,7 @@ constexpr const char* kStepT = "metareg::task_step_tensor";
 constexpr const char* kStepBwd = "metareg::task_step_backward";
 
 // Elements per parallel task: below this the fork costs more than it saves.
-constexpr int64_t kGrain = 1 << 15;
+constexpr int64_t kGrain = 1 << 16;
 
 // out[i] = p[i] - l[i] * g[i] over one contiguous segment; the strides make p and l either
 // per-element (1) or broadcast scalars (0), so one clone covers every lr/params layout.

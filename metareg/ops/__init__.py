@@ -98,14 +98,15 @@ def _check_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> None:
                          f"{_shape(params)} and grads of shape {_shape(grads)}.")
     if params.device != grads.device or params.dtype != grads.dtype or not grads.is_floating_point():
         raise ShapeError(f"{op}: params and grads must be floating point of the same dtype and device, got params "
-                         f"{params.dtype} on {params.device} and grads {grads.dtype} on {grads.device}.")
+                         f"{params.dtype} on {params.device} and grads {grads.dtype} on {grads.device} (shapes "
+                         f"{_shape(params)} and {_shape(grads)}).")
     if isinstance(lr, Tensor):
         if not (lr.dim() == 0 or lr.shape == grads.shape or (lr.dim() == 1 and lr.shape[0] == grads.shape[1])):
             raise ShapeError(f"{op}: expected lr of shape [], [P] or [T, P] for grads of shape {_shape(grads)}, got "
                              f"lr of shape {_shape(lr)}.")
         if lr.device != grads.device or lr.dtype != grads.dtype:
             raise ShapeError(f"{op}: lr must match grads in dtype and device, got lr {lr.dtype} on {lr.device} and "
-                             f"grads {grads.dtype} on {grads.device}.")
+                             f"grads {grads.dtype} on {grads.device} (shapes {_shape(lr)} and {_shape(grads)}).")
 
 
 def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
@@ -164,7 +165,9 @@ def status() -> dict:
             "cpu_isa": extension.cpu_isa,
             "cuda": bool(extension.with_cuda),
             "cuda_runtime_version": extension.cuda_runtime_version or None,
-            "cuda_arch_list": [a for a in extension.cuda_arch_list.split(",") if a] if extension.with_cuda else [],
+            # nvcc's __CUDA_ARCH_LIST__ spells sm_90 as 900.
+            "cuda_arch_list": [f"sm_{int(a) // 10}" if a.isdigit() else a
+                               for a in extension.cuda_arch_list.split(",") if a] if extension.with_cuda else [],
         }
     per_device = {dev: dict(zip(("implementation", "why"), _implementation(dev))) for dev in ("cpu", "cuda")}
     return {

@@ -105,41 +105,9 @@ def _register() -> None:
 
     torch.library.register_autograd(lib + "pairwise_cosine_backward", pcb_backward, setup_context=pcb_setup)
 
-    # -- task_step: the backward is a sum and a scaling, plain torch ops, so differentiable to any
-    # order as they stand ---------------------------------------------------------------------
-    def ts_setup(ctx, inputs, output):
-        params, grads, lr = inputs
-        ctx.lr = lr
-        ctx.shared = params.dim() == 1
-
-    def ts_backward(ctx, grad):
-        need_p, need_g, _ = ctx.needs_input_grad
-        d_params = (grad.sum(0) if ctx.shared else grad) if need_p else None
-        d_grads = grad * (-ctx.lr) if need_g else None
-        return d_params, d_grads, None
-
-    torch.library.register_autograd(lib + "task_step", ts_backward, setup_context=ts_setup)
-
-    def tst_setup(ctx, inputs, output):
-        params, grads, lr = inputs
-        ctx.shared = params.dim() == 1
-        # grads is only needed for d lr: do not keep a [T, P] tensor alive for nothing.
-        ctx.save_for_backward(grads if lr.requires_grad else None, lr)
-
-    def tst_backward(ctx, grad):
-        grads, lr = ctx.saved_tensors
-        need_p, need_g, need_lr = ctx.needs_input_grad
-        if need_lr:
-            # One pass for all three (Meta-SGD): d params, d grads and d lr.
-            d_sum, d_grads, d_lr = ops.task_step_backward(grad, grads, lr, ctx.shared)
-            d_params = (d_sum if ctx.shared else grad) if need_p else None
-            return d_params, d_grads if need_g else None, d_lr
-        d_params = (grad.sum(0) if ctx.shared else grad) if need_p else None
-        d_grads = grad * (-lr) if need_g else None
-        return d_params, d_grads, None
-
-    torch.library.register_autograd(lib + "task_step_tensor", tst_backward, setup_context=tst_setup)
-
+    # -- task_step and task_step_tensor: autograd is compiled into metareg._C
+    # (csrc/task_step_autograd.cpp) since a Python autograd kernel costs more than the step itself
+    # for small models.  Their fused backward op gets its (differentiable) autograd here. -------
     def tsb_setup(ctx, inputs, output):
         grad, grads, lr, shared = inputs
         ctx.shared = shared

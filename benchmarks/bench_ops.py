@@ -1,0 +1,162 @@
+"""Custom ops beside the best plain-torch equivalents, measured in the same run.
+
+Convention (read by `metareg bench`): ``benchmark.group`` names the case, ``extra_info["role"]``
+is "metareg" or "baseline", ``extra_info["label"]`` names the variant.  Run with
+``metareg bench -k pairwise`` or ``pytest benchmarks/bench_ops.py --benchmark-only``.
+
+Set METAREG_BENCH_DEVICE=cuda to time CUDA tensors (timings are synchronised); the default is
+CPU.  Rounds are fixed per shape so the whole file stays within a few minutes on 2 cores.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metareg import ops
+
+DEVICE = os.environ.get("METAREG_BENCH_DEVICE", "cpu")
+if DEVICE == "cuda" and not torch.cuda.is_available():
+    pytest.skip("METAREG_BENCH_DEVICE=cuda but no GPU", allow_module_level=True)
+
+# (B, N, M, D) -> rounds (CPU).  The last shape takes ~1 s per forward on 2 cores.
+COSINE_SHAPES = {(32, 75, 5, 64): 200, (32, 75, 25, 1600): 20, (1, 1024, 1024, 512): 10, (8, 4096, 4096, 128): 3}
+# Broadcasting F.cosine_similarity materialises [B, N, M, D]: skipped above this many bytes.
+BROADCAST_LIMIT = 2 * 1024**3
+
+
+def _sync():
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+
+
+def _run(benchmark, fn, rounds, group, role, label):
+    benchmark.group = group
+    benchmark.extra_info["role"] = role
+    benchmark.extra_info["label"] = label
+    benchmark.extra_info["device"] = DEVICE
+
+    def timed():
+        fn()
+        _sync()
+
+    if DEVICE == "cuda":
+        rounds = max(rounds, 50)
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=2 if rounds > 5 else 1)
+
+
+# -- pairwise_cosine --------------------------------------------------------------------------
+
+def _normalize_bmm(a, b):
+    return torch.bmm(F.normalize(a, dim=-1), F.normalize(b, dim=-1).transpose(1, 2))
+
+
+def _broadcast_cosine(a, b):
+    return F.cosine_similarity(a[:, :, None, :], b[:, None, :, :], dim=-1)
+
+
+COSINE_IMPLS = {
+    "metareg": ("metareg", lambda a, b: ops.pairwise_cosine(a, b)),
+    "normalize+bmm": ("baseline", _normalize_bmm),
+    "broadcast F.cosine_similarity": ("baseline", _broadcast_cosine),
+}
+
+
+def _shape_id(s):
+    return "x".join(map(str, s))
+
+
+@pytest.mark.parametrize("impl", list(COSINE_IMPLS))
+@pytest.mark.parametrize("shape", list(COSINE_SHAPES), ids=_shape_id)
+@pytest.mark.parametrize("mode", ["fwd", "fwd+bwd"])
+def test_pairwise_cosine(benchmark, mode, shape, impl):
+    B, N, M, D = shape
+    if impl.startswith("broadcast") and B * N * M * D * 4 > BROADCAST_LIMIT:
+        pytest.skip("the broadcasting baseline would need a [B, N, M, D] temporary over 2 GB")
+    role, fn = COSINE_IMPLS[impl]
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(B, N, D, generator=gen).to(DEVICE)
+    b = torch.randn(B, M, D, generator=gen).to(DEVICE)
+    rounds = COSINE_SHAPES[shape]
+    if mode == "fwd":
+        def step():
+            with torch.no_grad():
+                fn(a, b)
+    else:
+        a.requires_grad_()
+        b.requires_grad_()
+        grad = torch.randn(B, N, M, generator=gen).to(DEVICE)
+
+        def step():
+            torch.autograd.grad(fn(a, b), (a, b), grad)
+    _run(benchmark, step, rounds, f"pairwise_cosine {mode} {_shape_id(shape)}", role, impl)
+
+
+# -- task_step --------------------------------------------------------------------------------
+
+def conv4_shapes() -> list[tuple[int, ...]]:
+    """Conv4 for 28x28x1 inputs, 5-way: 4 x (conv3x3-64 weight, bias, BN weight, bias) + linear
+    64 -> 5 head (28 -> 14 -> 7 -> 3 -> 1 after four 2x2 pools): 112,261 parameters."""
+    shapes: list[tuple[int, ...]] = []
+    c_in = 1
+    for _ in range(4):
+        shapes += [(64, c_in, 3, 3), (64,), (64,), (64,)]
+        c_in = 64
+    return shapes + [(5, 64), (5,)]
+
+
+def mlp40_shapes() -> list[tuple[int, ...]]:
+    """MLP 1-40-40-1 (the MAML sinusoid net): 1,761 parameters."""
+    return [(40, 1), (40,), (40, 40), (40,), (1, 40), (1,)]
+
+
+MODELS = {"conv4": conv4_shapes(), "mlp40": mlp40_shapes()}
+assert sum(torch.Size(s).numel() for s in MODELS["conv4"]) == 112_261
+assert sum(torch.Size(s).numel() for s in MODELS["mlp40"]) == 1_761
+# (model, T) -> rounds
+STEP_CASES = {("conv4", 32): 200, ("conv4", 256): 30, ("mlp40", 25): 500, ("mlp40", 1024): 100}
+LR = 0.4
+
+
+def _step_inputs(model, T):
+    shapes = MODELS[model]
+    P = sum(torch.Size(s).numel() for s in shapes)
+    gen = torch.Generator().manual_seed(0)
+    theta = torch.randn(P, generator=gen).to(DEVICE)
+    grads = torch.randn(T, P, generator=gen).to(DEVICE)
+    # Per-tensor views of the same storage, as a model's parameters and per-task gradients are.
+    sizes = [torch.Size(s).numel() for s in shapes]
+    theta_list = [t.view(s) for t, s in zip(theta.split(sizes), shapes)]
+    grads_list = [g.view(s) for t in range(T) for g, s in zip(grads[t].split(sizes), shapes)]
+    return theta, grads, theta_list * T, grads_list
+
+
+STEP_IMPLS = {
+    "metareg": "metareg",
+    "per-tensor loop": "baseline",
+    "one _foreach_add": "baseline",
+    "stacked torch.sub": "baseline",
+}
+
+
+@pytest.mark.parametrize("impl", list(STEP_IMPLS))
+@pytest.mark.parametrize("case", list(STEP_CASES), ids=lambda c: f"{c[0]}-T{c[1]}")
+def test_task_step(benchmark, case, impl):
+    model, T = case
+    theta, grads, theta_list, grads_list = _step_inputs(model, T)
+    if impl == "metareg":
+        def step():
+            ops.task_step(theta, grads, LR)
+    elif impl == "per-tensor loop":
+        def step():
+            [torch.sub(p, g, alpha=LR) for p, g in zip(theta_list, grads_list)]
+    elif impl == "one _foreach_add":
+        def step():
+            torch._foreach_add(theta_list, grads_list, alpha=-LR)
+    else:
+        def step():
+            torch.sub(theta, grads, alpha=LR)
+    _run(benchmark, step, STEP_CASES[case], f"task_step {model} T={T}", STEP_IMPLS[impl], impl)
