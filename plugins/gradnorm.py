@@ -15,8 +15,11 @@ Deviations, both deliberate:
 * the paper takes the gradients w.r.t. the last shared layer to save backward passes; this
   combiner is handed the full task Jacobian of the shared parameters anyway, so G_i are the norms
   of its rows, which is the quantity the last-layer norms approximate;
-* the step on w divides dL_grad/dw by mean(G) (a constant in the paper's treatment), so ``lr``
-  means the same for gradients of any scale; the fixed point w is unchanged.
+* the step is taken on log w_i, with dL_grad/dlog w_i = sign(G_i - target_i) G_i divided by
+  mean(G) (a constant in the paper's treatment).  Plain steps on w with the raw gradient
+  sign(.) |g_i| depend on the gradients' scale, and with tasks 100x apart either crawl or
+  overshoot zero; in log space the step is relative, w stays positive, and the fixed point
+  (G_i = target_i) is the paper's.
 """
 
 import torch
@@ -28,8 +31,7 @@ from metareg import Combiner
 @metareg.config
 class GradNormConfig:
     alpha: float = metareg.param(1.5, "asymmetry alpha: how strongly slow tasks are favoured (paper: 1.5 on NYUv2)", ge=0)
-    lr: float = metareg.param(0.025, "step size of the task weights on the normalised L_grad", gt=0)
-    min_weight: float = metareg.param(1e-4, "floor of each task weight, so no task is switched off for good", gt=0)
+    lr: float = metareg.param(0.025, "step size of log w on the normalised L_grad", gt=0)
 
 
 @metareg.combiner("gradnorm", family="gradient",
@@ -73,8 +75,8 @@ class GradNorm(Combiner):
         if not bool(torch.isfinite(g_mean)) or g_mean <= 0:
             return
         target = g_mean * rate ** self.config.alpha
-        step = torch.sign(g - target) * norms / g_mean
-        new = (w - self.config.lr * step).clamp_min(self.config.min_weight)
+        step = torch.sign(g - target) * g / g_mean
+        new = w * torch.exp(-self.config.lr * step)
         new = new * (w.sum() / new.sum())
         self.weights[ids] = new.to(self.weights.dtype)
 

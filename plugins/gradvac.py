@@ -50,8 +50,9 @@ class GradVac(Combiner):
         return metareg.projection_orders(t, self.generator)
 
     @torch.no_grad()
-    def weights(self, g, order, ids):
-        """Weights w [T] of the update w @ J from the scaled Gram matrix g; updates the goals."""
+    def coefficients(self, g, order, ids):
+        """C [T, T] with g_i' = C[i] @ J, from the (scaled) Gram matrix g, the visiting order and
+        the task ids of the rows; moves the goals of the visited pairs."""
         t = g.shape[0]
         coef = torch.eye(t, dtype=g.dtype, device=g.device)
         rows = torch.arange(t, device=g.device)
@@ -73,14 +74,14 @@ class GradVac(Combiner):
             coef[rows, j] += torch.where(hit, step, 0.0)
             goal[ids, ids[j]] = (1 - self.config.beta) * goal[ids, ids[j]] + self.config.beta * phi
         self.goal.copy_(goal)
-        return coef.mean(0)
+        return coef
 
     def aggregate(self, jacobian, losses=None, task_ids=None):
         t = jacobian.shape[0]
         ids = self.task_index(t, task_ids, torch.device("cpu"))
         order = self.projection_order(t)
         g, _ = metareg.normalized_gram(jacobian, cosine=True)
-        w = self.weights(g, order, ids.to(g.device))
+        w = self.coefficients(g, order, ids.to(g.device)).mean(0)
         return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
 
 

@@ -10,8 +10,9 @@ phi(alpha) = 1/2 alpha' G alpha - sum_i log alpha_i, a quadratic plus a log barr
 self-concordant), so damped Newton (Boyd & Vandenberghe, Convex Optimization, 9.6) converges
 from any positive start, quadratically near the solution, in ~10 [T, T] solves.  It runs on G
 scaled to unit largest diagonal, G = s^2 G^, and uses alpha = alpha^ / s (so |d| does not depend
-on the gradients' scale, as in the paper).  A regulariser 1e-8 of the largest diagonal keeps
-alpha finite for zero gradients (whose alpha_i then multiplies a zero row).  The paper's extras
+on the gradients' scale, as in the paper).  A regulariser 1e-10 of the largest diagonal keeps
+alpha finite where the exact equation has no solution: a zero gradient, or gradients that cancel
+with positive weights (g and -g), whose alphas then multiply a zero combination.  The paper's extras
 (updating alpha only every few steps, clipping |d|) are not applied.
 """
 
@@ -33,10 +34,10 @@ class NashMTL(Combiner):
     needs_jacobian = True
 
     def weights(self, g):
-        """alpha^ [T] > 0 with (g + 1e-8 I) alpha^ = 1/alpha^, for the scaled Gram matrix g."""
+        """alpha^ [T] > 0 with (g + 1e-10 I) alpha^ = 1/alpha^, for the scaled Gram matrix g."""
         t = g.shape[0]
         eye = torch.eye(t, dtype=g.dtype, device=g.device)
-        a = g + 1e-8 * eye
+        a = g + 1e-10 * eye
         alpha = a.diagonal().rsqrt()  # exact when the gradients are orthogonal
         for _ in range(self.config.max_iter):
             grad = a @ alpha - 1 / alpha

@@ -41,8 +41,8 @@ class PCGrad(Combiner):
         """The [T, T-1] visiting order of the next call (advances the generator)."""
         return metareg.projection_orders(t, self.generator)
 
-    def weights(self, g, order):
-        """Weights w [T] of the update w @ J, from the scaled Gram matrix g [T, T]."""
+    def coefficients(self, g, order):
+        """C [T, T] with g_i^PC = C[i] @ J, from the (scaled) Gram matrix g and the visiting order."""
         t = g.shape[0]
         coef = torch.eye(t, dtype=g.dtype, device=g.device)
         rows = torch.arange(t, device=g.device)
@@ -53,7 +53,7 @@ class PCGrad(Combiner):
             dot = (coef @ g)[rows, j]
             hit = (dot < 0) & (sq[j] > 0)
             coef[rows, j] -= torch.where(hit, dot / sq[j].clamp_min(1e-300), 0.0)
-        return coef.mean(0)
+        return coef
 
     def aggregate(self, jacobian, losses=None, task_ids=None):
         t = jacobian.shape[0]
@@ -61,7 +61,7 @@ class PCGrad(Combiner):
         g, _ = metareg.normalized_gram(jacobian, cosine=True)
         if not bool((g < 0).any()):
             return jacobian.mean(0)
-        w = self.weights(g, order)
+        w = self.coefficients(g, order).mean(0)
         return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
 
 

@@ -1,0 +1,23 @@
+"""Shared by the combiner tests (imported by name: pytest puts this folder on sys.path)."""
+
+import inspect
+
+from metareg import plugins
+
+
+def combiner_names():
+    return [s.name for s in plugins.get_registry().list("algorithm", role="combiner")]
+
+
+def make(name, num_tasks, **config):
+    spec = plugins.get_registry().get("algorithm", name)
+    return spec.factory(spec.config(**config), num_tasks=num_tasks)
+
+
+def apply(combiner, jacobian, losses, task_ids=None):
+    """What a learner hands the combiner: the Jacobian (gradient methods) or the losses."""
+    if combiner.needs_jacobian:
+        if "task_ids" in inspect.signature(combiner.aggregate).parameters:
+            return combiner.aggregate(jacobian, losses, task_ids=task_ids)
+        return combiner.aggregate(jacobian, losses)
+    return combiner.loss(losses, task_ids)
