@@ -20,6 +20,7 @@ __all__ = [
     "IncompatibleError",
     "OutputError",
     "ShapeError",
+    "DataError",
     "did_you_mean",
 ]
 
@@ -57,6 +58,10 @@ class OutputError(MetaregError, OSError):
 
 class ShapeError(MetaregError, ValueError):
     """A tensor argument has the wrong rank, shape, dtype or device."""
+
+
+class DataError(MetaregError, OSError):
+    """A dataset folder is missing or laid out wrongly, or one of its files cannot be read."""
 
 
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
