@@ -109,6 +109,9 @@ class Omniglot(EpisodicImages):
     def __init__(self, config: OmniglotConfig) -> None:
         super().__init__(config)
         root = _root(config.data_dir, "omniglot", OMNIGLOT_LAYOUT, "omniglot")
+        for folder in ("images_background", "images_evaluation"):  # both, before decoding anything
+            if not (root / folder).is_dir():
+                raise DataError(f"omniglot: {root / folder} is missing; expected {OMNIGLOT_LAYOUT} under {root}.")
         background = _omniglot_characters(root, "images_background")
         evaluation = _omniglot_characters(root, "images_evaluation")
         if config.split == "lake":

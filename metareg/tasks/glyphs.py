@@ -181,7 +181,8 @@ def _pil_font(face: str):
     return ImageFont.truetype(str(_font_dir() / face), FONT_PX)
 
 
-def _select_classes(max_per_group: int) -> tuple[list[int], list[int], list[str]]:
+@lru_cache(maxsize=4)
+def _select_classes(max_per_group: int) -> tuple[tuple[int, ...], tuple[int, ...], tuple[str, ...]]:
     """Code points and group ids of the classes: real glyphs, no accents, no look-alikes."""
     base = _cmap(FACES[0])
     cands: list[tuple[int, int]] = []
@@ -214,7 +215,7 @@ def _select_classes(max_per_group: int) -> tuple[list[int], list[int], list[str]
             members = [members[j] for j in pick]
         cps += members
         gids += [gi] * len(members)
-    return cps, gids, [g for g, _ in GROUPS]
+    return tuple(cps), tuple(gids), tuple(g for g, _ in GROUPS)
 
 
 def _perturb(base: torch.Tensor, g: torch.Generator) -> torch.Tensor:
