@@ -91,12 +91,22 @@ class TaskStepTensor : public torch::autograd::Function<TaskStepTensor> {
   }
 };
 
+// Without anything to differentiate, skip building a graph node: this is the evaluation path of
+// every meta-learner and the one whose per-call cost matters.
 at::Tensor task_step_autograd(const at::Tensor& params, const at::Tensor& grads, double lr) {
-  return TaskStep::apply(params, grads, lr);
+  if (at::GradMode::is_enabled() && (params.requires_grad() || grads.requires_grad())) {
+    return TaskStep::apply(params, grads, lr);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return call_step(params, grads, lr);
 }
 
 at::Tensor task_step_tensor_autograd(const at::Tensor& params, const at::Tensor& grads, const at::Tensor& lr) {
-  return TaskStepTensor::apply(params, grads, lr);
+  if (at::GradMode::is_enabled() && (params.requires_grad() || grads.requires_grad() || lr.requires_grad())) {
+    return TaskStepTensor::apply(params, grads, lr);
+  }
+  at::AutoDispatchBelowADInplaceOrView below;
+  return call_step_tensor(params, grads, lr);
 }
 
 }  // namespace

@@ -28,6 +28,8 @@ _KERNEL_DTYPES = {
     "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
 }
 _warned: set[str] = set()
+# The op namespace; calling an overload (.default) directly skips overload resolution per call.
+_ops = torch.ops.metareg
 
 
 def _shape(t: Tensor) -> list[int]:
@@ -85,7 +87,7 @@ def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Te
     _check_cosine(a, b)
     reason = _fallback_reason(a)
     if reason is None:
-        return torch.ops.metareg.pairwise_cosine(a, b, eps)
+        return _ops.pairwise_cosine.default(a, b, eps)
     _warn_once(reason)
     return _reference.pairwise_cosine(a, b, eps)
 
@@ -126,9 +128,9 @@ def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
     reason = _fallback_reason(grads)
     if reason is None:
         if isinstance(lr, Tensor):
-            out = torch.ops.metareg.task_step_tensor(params, grads, lr)
+            out = _ops.task_step_tensor.default(params, grads, lr)
         else:
-            out = torch.ops.metareg.task_step(params, grads, float(lr))
+            out = _ops.task_step.default(params, grads, float(lr))
     else:
         _warn_once(reason)
         out = _reference.task_step(params, grads, lr)
