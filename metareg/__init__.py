@@ -12,6 +12,7 @@ from .hookspecs import hookimpl  # noqa: E402
 from .learners import (  # noqa: E402
     Combiner,
     GradientMetaConfig,
+    GramCombiner,
     GradientMetaLearner,
     Learner,
     LearnerContext,
@@ -21,6 +22,7 @@ from .learners import (  # noqa: E402
     normalized_gram,
     project_simplex,
     projection_orders,
+    solve_spd,
     task_jacobian,
 )
 from .nets import FunctionalNet  # noqa: E402
@@ -42,12 +44,14 @@ __all__ = [
     "GradientMetaConfig",
     "SharedEncoderLearner",
     "Combiner",
+    "GramCombiner",
     "task_jacobian",
     "gram",
     "normalized_gram",
     "nonneg_qp",
     "project_simplex",
     "projection_orders",
+    "solve_spd",
     "TaskBatch",
     "TaskInfo",
     "TaskDistribution",

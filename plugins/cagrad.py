@@ -18,7 +18,7 @@ official code's optional rescaling d / (1 + c^2) is not applied (the paper's Alg
 import torch
 
 import metareg
-from metareg import Combiner
+from metareg import GramCombiner
 
 
 @metareg.config
@@ -31,11 +31,9 @@ class CAGradConfig:
                   summary="maximise the worst task's improvement within a ball around the mean gradient",
                   paper="Liu et al. Conflict-Averse Gradient Descent for Multi-task Learning. NeurIPS 2021",
                   config=CAGradConfig)
-class CAGrad(Combiner):
-    needs_jacobian = True
-
-    def weights(self, g):
-        """Weights [T] of d = weights @ J, from the scaled Gram matrix g [T, T]."""
+class CAGrad(GramCombiner):
+    def weights(self, gram, scale, task_ids=None):
+        g = gram
         t = g.shape[0]
         b = g.sum(1) / t  # g_i . g0
         g0_sq = float(b.sum()) / t
@@ -78,12 +76,6 @@ class CAGrad(Combiner):
             step = min(max(float(s @ s) / sy, 1e-6), 1e6) if sy > 0 else 1e6
             w, f, grad = w_new, f_new, grad_new
         return w
-
-    def aggregate(self, jacobian, losses=None, task_ids=None):
-        g, scale = metareg.normalized_gram(jacobian)
-        if scale == 0:
-            return jacobian.new_zeros(jacobian.shape[1])
-        return self.weights(g).to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
 
 
 @metareg.hookimpl

@@ -22,7 +22,7 @@ sqrt(1 - phi^^2).
 import torch
 
 import metareg
-from metareg import Combiner
+from metareg import GramCombiner
 
 
 @metareg.config
@@ -34,9 +34,9 @@ class GradVacConfig:
 @metareg.combiner("gradvac", family="gradient",
                   summary="raise each pair's gradient cosine to an EMA goal (PCGrad when the goal is 0)",
                   paper="Wang et al. Gradient Vaccine. ICLR 2021", config=GradVacConfig)
-class GradVac(Combiner):
-    needs_jacobian = True
+class GradVac(GramCombiner):
     order_invariant = False
+    cosine_gram = True
 
     def __init__(self, config=None, num_tasks=None):
         super().__init__(config or GradVacConfig(), num_tasks)
@@ -76,13 +76,10 @@ class GradVac(Combiner):
         self.goal.copy_(goal)
         return coef
 
-    def aggregate(self, jacobian, losses=None, task_ids=None):
-        t = jacobian.shape[0]
-        ids = self.task_index(t, task_ids, torch.device("cpu"))
-        order = self.projection_order(t)
-        g, _ = metareg.normalized_gram(jacobian, cosine=True)
-        w = self.coefficients(g, order, ids.to(g.device)).mean(0)
-        return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+    def weights(self, gram, scale, task_ids=None):
+        t = gram.shape[0]
+        ids = self.task_index(t, task_ids, gram.device)
+        return self.coefficients(gram, self.projection_order(t), ids).mean(0)
 
 
 @metareg.hookimpl

@@ -17,7 +17,7 @@ normalisation (section 3.2 / appendix) is not applied.
 import torch
 
 import metareg
-from metareg import Combiner
+from metareg import GramCombiner
 
 
 @metareg.config
@@ -29,18 +29,10 @@ class MGDAConfig:
                   summary="min-norm point of the convex hull of the task gradients (common descent direction)",
                   paper="Sener, Koltun. Multi-Task Learning as Multi-Objective Optimization. NeurIPS 2018",
                   config=MGDAConfig)
-class MGDA(Combiner):
-    needs_jacobian = True
-
-    def weights(self, g):
-        """alpha [T] on the simplex minimising alpha' g alpha."""
-        return metareg.nonneg_qp(g, torch.zeros(g.shape[0], dtype=g.dtype, device=g.device), simplex=True)
-
-    def aggregate(self, jacobian, losses=None, task_ids=None):
-        g, scale = metareg.normalized_gram(jacobian)
-        if scale == 0:
-            return jacobian.new_zeros(jacobian.shape[1])
-        return self.weights(g).to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+class MGDA(GramCombiner):
+    def weights(self, gram, scale, task_ids=None):
+        """alpha [T] on the simplex minimising alpha' G alpha."""
+        return metareg.nonneg_qp(gram, torch.zeros(gram.shape[0], dtype=gram.dtype, device=gram.device), simplex=True)
 
 
 @metareg.hookimpl

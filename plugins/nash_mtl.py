@@ -19,7 +19,7 @@ with positive weights (g and -g), whose alphas then multiply a zero combination.
 import torch
 
 import metareg
-from metareg import Combiner
+from metareg import GramCombiner
 
 
 @metareg.config
@@ -30,11 +30,10 @@ class NashMTLConfig:
 @metareg.combiner("nash_mtl", family="gradient",
                   summary="Nash bargaining solution: d = sum alpha_i g_i with G alpha = 1/alpha",
                   paper="Navon et al. Multi-Task Learning as a Bargaining Game. ICML 2022", config=NashMTLConfig)
-class NashMTL(Combiner):
-    needs_jacobian = True
-
-    def weights(self, g):
-        """alpha^ [T] > 0 with (g + 1e-10 I) alpha^ = 1/alpha^, for the scaled Gram matrix g."""
+class NashMTL(GramCombiner):
+    def weights(self, gram, scale, task_ids=None):
+        """alpha = alpha^ / scale, alpha^ > 0 solving (G^ + 1e-10 I) alpha^ = 1/alpha^."""
+        g = gram
         t = g.shape[0]
         eye = torch.eye(t, dtype=g.dtype, device=g.device)
         a = g + 1e-10 * eye
@@ -42,7 +41,7 @@ class NashMTL(Combiner):
         for _ in range(self.config.max_iter):
             grad = a @ alpha - 1 / alpha
             hess = a + torch.diag(alpha.pow(-2))
-            delta = torch.linalg.solve(hess, grad)
+            delta = metareg.solve_spd(hess, grad)
             dec = float(grad @ delta)  # squared Newton decrement
             if dec < 1e-20:
                 break
@@ -50,14 +49,7 @@ class NashMTL(Combiner):
             # full steps once in the quadratic region; before that the damped step of a
             # self-concordant function, which stays inside alpha > 0
             alpha = alpha - (delta if lam < 0.25 else delta / (1 + lam))
-        return alpha
-
-    def aggregate(self, jacobian, losses=None, task_ids=None):
-        g, scale = metareg.normalized_gram(jacobian)
-        if scale == 0:
-            return jacobian.new_zeros(jacobian.shape[1])
-        alpha = self.weights(g) / scale
-        return alpha.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+        return alpha / scale
 
 
 @metareg.hookimpl

@@ -18,7 +18,7 @@ reproducible; it is why the result depends on the order of the rows (``order_inv
 import torch
 
 import metareg
-from metareg import Combiner
+from metareg import GramCombiner
 
 
 @metareg.config
@@ -29,9 +29,9 @@ class PCGradConfig:
 @metareg.combiner("pcgrad", family="gradient",
                   summary="project each task gradient off the normal plane of the gradients it conflicts with",
                   paper="Yu et al. Gradient Surgery for Multi-Task Learning. NeurIPS 2020", config=PCGradConfig)
-class PCGrad(Combiner):
-    needs_jacobian = True
+class PCGrad(GramCombiner):
     order_invariant = False
+    cosine_gram = True
 
     def __init__(self, config=None, num_tasks=None):
         super().__init__(config or PCGradConfig(), num_tasks)
@@ -55,14 +55,11 @@ class PCGrad(Combiner):
             coef[rows, j] -= torch.where(hit, dot / sq[j].clamp_min(1e-300), 0.0)
         return coef
 
-    def aggregate(self, jacobian, losses=None, task_ids=None):
-        t = jacobian.shape[0]
-        order = self.projection_order(t)
-        g, _ = metareg.normalized_gram(jacobian, cosine=True)
-        if not bool((g < 0).any()):
-            return jacobian.mean(0)
-        w = self.coefficients(g, order).mean(0)
-        return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+    def weights(self, gram, scale, task_ids=None):
+        order = self.projection_order(gram.shape[0])  # drawn every step, conflicts or not
+        if not bool((gram < 0).any()):
+            return torch.full((gram.shape[0],), 1.0 / gram.shape[0], dtype=gram.dtype, device=gram.device)
+        return self.coefficients(gram, order).mean(0)
 
 
 @metareg.hookimpl

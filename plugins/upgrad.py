@@ -11,13 +11,13 @@ The KKT conditions of those QPs are G w_i >= 0, i.e. each projection has a non-n
 product with every task gradient, and hence so has their mean: the update conflicts with no task.
 Solving them exactly (not by a fixed number of first-order steps) is what keeps that true to
 rounding.  torchjd normalises G and regularises it as well; here G is scaled to unit largest
-diagonal and regularised by 1e-10 of its mean diagonal.
+diagonal and regularised by 1e-12 of its mean diagonal (torchjd: 1e-4).
 """
 
 import torch
 
 import metareg
-from metareg import Combiner
+from metareg import GramCombiner
 
 
 @metareg.config
@@ -28,22 +28,14 @@ class UPGradConfig:
 @metareg.combiner("upgrad", family="gradient",
                   summary="mean of the task gradients, each projected onto the dual cone of all of them",
                   paper="Quinton, Rey. Jacobian Descent for Multi-Objective Optimization. 2024", config=UPGradConfig)
-class UPGrad(Combiner):
-    needs_jacobian = True
-
-    def weights(self, g):
-        """w [T] with update w @ J, from the scaled Gram matrix g [T, T]."""
-        t = g.shape[0]
-        x = metareg.nonneg_qp(g, g)  # row i: c = G e_i (G is symmetric)
-        return (torch.eye(t, dtype=g.dtype, device=g.device) + x).mean(0)
-
-    def aggregate(self, jacobian, losses=None, task_ids=None):
-        g, scale = metareg.normalized_gram(jacobian)
-        if scale == 0:
-            return jacobian.new_zeros(jacobian.shape[1])
-        if not bool((g < 0).any()):
-            return jacobian.mean(0)  # every g_i already lies in the dual cone
-        return self.weights(g).to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+class UPGrad(GramCombiner):
+    def weights(self, gram, scale, task_ids=None):
+        t = gram.shape[0]
+        eye = torch.eye(t, dtype=gram.dtype, device=gram.device)
+        if not bool((gram < 0).any()):
+            return eye.mean(0)  # every g_i already lies in the dual cone
+        x = metareg.nonneg_qp(gram, gram)  # row i: c = G e_i (G is symmetric)
+        return (eye + x).mean(0)
 
 
 @metareg.hookimpl

@@ -1,11 +1,22 @@
 """The learner protocol and the two families underneath it."""
 
 from .base import Learner, LearnerContext
-from .combiners import Combiner, gram, nonneg_qp, normalized_gram, project_simplex, projection_orders, task_jacobian
+from .combiners import (
+    Combiner,
+    GramCombiner,
+    gram,
+    nonneg_qp,
+    normalized_gram,
+    project_simplex,
+    projection_orders,
+    solve_spd,
+    task_jacobian,
+)
 from .meta import GradientMetaConfig, GradientMetaLearner
 from .metric import EmbeddingLearner, class_means, one_hot
 from .multitask import SharedEncoderLearner
 
 __all__ = ["Learner", "LearnerContext", "GradientMetaLearner", "GradientMetaConfig", "SharedEncoderLearner",
-           "Combiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex", "projection_orders",
+           "Combiner", "GramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
+           "projection_orders", "solve_spd",
            "EmbeddingLearner", "class_means", "one_hot"]

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from ..ops import pairwise_cosine
 
-__all__ = ["gram", "normalized_gram", "nonneg_qp", "project_simplex", "projection_orders"]
+__all__ = ["gram", "normalized_gram", "nonneg_qp", "project_simplex", "projection_orders", "solve_spd"]
 
 # Columns per block of the CPU Gram product: J @ J.T on a short-and-wide [8, 1e6] matrix is a
 # poor shape for MKL (one long dot product per entry, ~1.9 ms); the same product as a batch of
@@ -109,25 +109,44 @@ def project_simplex(v: Tensor) -> Tensor:
     return (v - theta).clamp_min(0)
 
 
+def solve_spd(m: Tensor, rhs: Tensor) -> Tensor:
+    """Solve m x = rhs for small symmetric positive-definite m [B, T, T] and rhs [B, T, K]
+    (or m [T, T] and rhs [T]).
+
+    Gauss-Jordan elimination without pivoting (stable for SPD matrices) in plain elementwise
+    torch ops.  For T <= ~30 this beats LAPACK's batched solve, whose per-call overhead includes
+    an OpenMP parallel region: on a machine whose cores are busy (2 cores shared with anything
+    else) each such region waits for a descheduled thread, ~5 ms per call instead of ~20 us.
+    """
+    if m.dim() == 2:
+        return solve_spd(m[None], rhs.reshape(1, m.shape[0], -1))[0].reshape(rhs.shape)
+    t = m.shape[-1]
+    a = torch.cat([m, rhs], -1)
+    for k in range(t):
+        row = a[:, k : k + 1, :] / a[:, k : k + 1, k : k + 1]
+        a = a - a[:, :, k : k + 1] * row
+        a[:, k : k + 1, :] = row
+    return a[:, :, t:]
+
+
 def _subproblem(a: Tensor, c: Tensor, free: Tensor, simplex: bool) -> Tensor:
     """Minimiser of 1/2 z'Az + c'z over the coordinates in ``free`` (the others held at 0),
     with sum(z) = 1 when ``simplex``; batched over the rows of c [B, T]."""
-    b, t = c.shape
     pair = free[:, :, None] & free[:, None, :]
     m = torch.where(pair, a, 0.0) + torch.diag_embed((~free).to(a.dtype))
     rhs = torch.where(free, -c, 0.0)
     if not simplex:
-        return torch.linalg.solve(m, rhs)
-    # KKT system of the equality-constrained problem: [[A_FF, -1], [1', 0]] [z; mu] = [-c; 1]
-    kkt = torch.zeros(b, t + 1, t + 1, dtype=a.dtype, device=a.device)
-    kkt[:, :t, :t] = m
-    kkt[:, :t, t] = -free.to(a.dtype)
-    kkt[:, t, :t] = free.to(a.dtype)
-    rhs = torch.cat([rhs, torch.ones(b, 1, dtype=a.dtype, device=a.device)], 1)
-    return torch.linalg.solve(kkt, rhs)[:, :t]
+        return solve_spd(m, rhs[:, :, None])[:, :, 0]
+    # with the multiplier mu of sum(z) = 1: A_FF z = -c + mu 1, so z = z_c + mu z_1 for the two
+    # solutions below, and mu makes the sum 1 (1' A_FF^-1 1 > 0 for a definite A_FF)
+    ones = free.to(a.dtype)
+    z = solve_spd(m, torch.stack([rhs, ones], -1))
+    z_c, z_1 = z[..., 0], z[..., 1]
+    mu = (1 - z_c.sum(1, keepdim=True)) / z_1.sum(1, keepdim=True)
+    return z_c + mu * z_1
 
 
-def nonneg_qp(a: Tensor, c: Tensor, *, simplex: bool = False, reg: float = 1e-10, tol: float = 1e-11) -> Tensor:
+def nonneg_qp(a: Tensor, c: Tensor, *, simplex: bool = False, reg: float = 1e-12, tol: float = 1e-11) -> Tensor:
     """Exact solution of min_x 1/2 x'Ax + c'x s.t. x >= 0 (and sum(x) = 1 when ``simplex``).
 
     A [T, T] is symmetric positive semi-definite (a Gram matrix, scaled to O(1) entries); c is [T]

@@ -15,16 +15,17 @@ meta-gradients" is a constructor argument, not a new class.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import IncompatibleError, ShapeError
-from ._qp import gram, nonneg_qp, normalized_gram, project_simplex, projection_orders
+from ._qp import gram, nonneg_qp, normalized_gram, project_simplex, projection_orders, solve_spd
 
-__all__ = ["Combiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
-           "projection_orders"]
+__all__ = ["Combiner", "GramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
+           "projection_orders", "solve_spd"]
 
 
 class Combiner(nn.Module):
@@ -69,6 +70,32 @@ class Combiner(nn.Module):
             raise ShapeError(f"combiner '{name}': task_ids must be {t} indices in [0, {self.num_tasks}), "
                              f"got {task_ids.tolist()}.")
         return ids
+
+
+class GramCombiner(Combiner):
+    """A gradient combiner whose update is ``w @ J`` for task weights w [T] computed from the Gram
+    matrix G = J J^T alone (MGDA, UPGrad, CAGrad, Nash-MTL, PCGrad, GradVac, ...).
+
+    Subclasses implement :meth:`weights` on G scaled to a unit largest diagonal (float64, so the
+    [T, T] solvers see O(1) numbers whatever the gradients' scale); the cost is then one pass over
+    J for G, [T, T] arithmetic, and one pass for ``w @ J``, independent of which method it is.
+    """
+
+    needs_jacobian: ClassVar[bool] = True
+    #: form G through metareg.ops.pairwise_cosine (conflict detection as a custom op) times the
+    #: row norms, rather than a plain product
+    cosine_gram: ClassVar[bool] = False
+
+    def weights(self, gram: Tensor, scale: float, task_ids: Tensor | None = None) -> Tensor:
+        """w [T] (float64) with update ``w @ J``, from ``gram`` [T, T] where J J^T = scale^2 gram."""
+        raise NotImplementedError
+
+    def aggregate(self, jacobian: Tensor, losses: Tensor | None = None, task_ids: Tensor | None = None) -> Tensor:
+        g, scale = normalized_gram(jacobian, cosine=self.cosine_gram)
+        if scale == 0 or math.isnan(scale):
+            return jacobian.mean(0)  # all-zero J: zero update; non-finite J: let the NaN show
+        w = self.weights(g, scale, task_ids)
+        return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
 
 
 def task_jacobian(losses: Tensor, params: Tensor, *, retain_graph: bool = True) -> Tensor:

@@ -47,7 +47,7 @@ GOLDEN = {
 def test_golden_update(name):
     j, config, expected = GOLDEN[name]
     got = make(name, j.shape[0], **config).aggregate(j, torch.ones(j.shape[0], dtype=j.dtype))
-    # 1e-8: the QP / Newton solvers regularise G by 1e-10 of its diagonal
+    # 1e-8: the QP and Newton solvers regularise G (by 1e-12 and 1e-10 of its diagonal)
     assert got.tolist() == pytest.approx(expected, abs=1e-8)
 
 

@@ -72,12 +72,15 @@ def test_weighting_objective_is_differentiable(name):
 
 @pytest.mark.parametrize("name", NAMES)
 @SETTINGS
-@given(j=jacobians(min_tasks=2, dtype=torch.float64, degenerate=False), seed=st.integers(0, 2**31 - 1))
+@given(j=jacobians(min_tasks=2, min_p=7, max_p=12, dtype=torch.float64, degenerate=False),
+       seed=st.integers(0, 2**31 - 1))
 def test_permutation_equivariance(name, j, seed):
     """Relabelling the tasks (rows, losses and ids together) does not change the update.
 
-    On generic Jacobians only: with a zero gradient CAGrad's worst-task improvement is 0 for a
-    whole set of directions, and which one the solver returns may depend on the order."""
+    On generic full-rank Jacobians only: with a zero gradient CAGrad's worst-task improvement is
+    0 for a whole set of directions, and with gradients that cancel Nash-MTL's equation has no
+    solution (it returns a regularised one, large alphas times a near-zero combination); which
+    of those the solver returns, and its rounding, may depend on the order."""
     t = j.shape[0]
     a, b = make(name, t), make(name, t)
     if not a.order_invariant:
@@ -261,8 +264,8 @@ def test_upgrad_matches_exact_cone_projections_in_2d(seed, t):
     j = torch.randn(t, 2, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     expected = torch.stack([cone_projection_2d(j, j[i]) for i in range(t)]).mean(0)
     got = make("upgrad", t).aggregate(j)
-    # atol: the QP is regularised by 1e-10 of G's diagonal; when the cone is {0} (three
-    # gradients spanning the plane in conflict) that leaves |d| ~ 1e-8 instead of 0
+    # atol: the QP is regularised by 1e-12 of G's diagonal; when the cone is {0} (three
+    # gradients spanning the plane in conflict) that leaves |d| up to ~1e-8 instead of 0
     assert torch.allclose(got, expected, atol=1e-6), (got, expected)
 
 
