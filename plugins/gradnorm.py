@@ -56,8 +56,11 @@ class GradNorm(Combiner):
         ids = self.task_index(t, task_ids, self.weights.device)
         w = self.weights[ids].double()
         out = (w / t).to(jacobian.dtype).to(jacobian.device) @ jacobian
-        # float64 accumulation: float32 squares overflow for |g| ~ 1e19
-        norms = torch.linalg.vector_norm(jacobian, dim=1, dtype=torch.float64).to(w.device)
+        norms = torch.linalg.vector_norm(jacobian, dim=1).double()
+        if not bool(torch.isfinite(norms).all()):
+            # float32 squares overflow for |g| ~ 1e19: redo in float64 (slower, so only then)
+            norms = torch.linalg.vector_norm(jacobian, dim=1, dtype=torch.float64)
+        norms = norms.to(w.device)
         self._update(ids, w, norms, losses.detach().double().to(w.device))
         return out
 
