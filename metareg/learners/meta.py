@@ -56,6 +56,10 @@ class GradientMetaLearner(Learner):
         return ops.task_step(fast, grads, lr)
 
     # -- network pieces ----------------------------------------------------------------------
+    def _adapted(self, theta: Tensor) -> Tensor:
+        # a full-range slice would still put a SliceBackward (zeros + copy of [P]) on the graph
+        return theta if self.split == 0 else theta[self.split:]
+
     def features(self, theta: Tensor, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
         """The part of the network that is not adapted (shared by all tasks), on the support and
         query inputs; identity for MAML."""
@@ -116,7 +120,7 @@ class GradientMetaLearner(Learner):
     def step(self, batch: TaskBatch) -> dict[str, float]:
         theta = self.theta
         feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
-        fast, _ = self.adapt(theta[self.split:], feats_s, batch.support_y, self.config.inner_steps,
+        fast, _ = self.adapt(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
                              create_graph=not self.config.first_order)
         query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
         meta_loss = query_losses.mean()
@@ -129,12 +133,12 @@ class GradientMetaLearner(Learner):
             with torch.no_grad():
                 feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
             wanted = sorted(set(steps))
-            _, kept = self.adapt(theta[self.split:], feats_s, batch.support_y, max(wanted), create_graph=False,
+            _, kept = self.adapt(self._adapted(theta), feats_s, batch.support_y, max(wanted), create_graph=False,
                                  lr=_detached(self.inner_lr()), keep=[k for k in wanted if k > 0])
             out = {}
             with torch.no_grad():
                 for k in wanted:
-                    fast = theta[self.split:] if k == 0 else kept[k].detach()
+                    fast = self._adapted(theta) if k == 0 else kept[k].detach()
                     out[k] = self.predict_query(fast, feats_s, feats_q)
             return out
 
