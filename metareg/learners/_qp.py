@@ -15,6 +15,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..errors import ShapeError
 from ..ops import pairwise_cosine
 
 __all__ = ["gram", "normalized_gram", "nonneg_qp", "project_simplex", "projection_orders", "solve_spd"]
@@ -61,8 +62,6 @@ def normalized_gram(jacobian: Tensor, *, cosine: bool = False, eps: float = 1e-8
     float32) are rescaled by their largest entry first; that extra pass over J is only paid then.
     """
     if jacobian.dim() != 2:
-        from ..errors import ShapeError
-
         raise ShapeError(f"a task Jacobian must be [T, P], got shape {tuple(jacobian.shape)}.")
     g = _raw_gram(jacobian, cosine, eps).double()
     factor = 1.0
