@@ -62,7 +62,7 @@ class SharedEncoderLearner(Learner):
         c = self.combiner
         if c.needs_jacobian:
             jac = task_jacobian(losses, self.shared)
-            self.shared.grad = c.aggregate(jac, losses.detach())
+            self.shared.grad = c.aggregate(jac, losses.detach(), batch.task_ids)
             # heads are task-specific: each gets only its own task's gradient
             losses.sum().backward(inputs=[self.heads, *c.parameters()])
         else:
