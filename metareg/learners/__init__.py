@@ -14,9 +14,10 @@ from .combiners import (
 )
 from .meta import GradientMetaConfig, GradientMetaLearner
 from .metric import EmbeddingLearner, class_means, one_hot
-from .multitask import SharedEncoderLearner
+from .multitask import MultiTaskConfig, MultiTaskLearner, SharedEncoderLearner, conflict_metrics, feature_dim
 
-__all__ = ["Learner", "LearnerContext", "GradientMetaLearner", "GradientMetaConfig", "SharedEncoderLearner",
+__all__ = ["Learner", "LearnerContext", "GradientMetaLearner", "GradientMetaConfig", "SharedEncoderLearner", "MultiTaskConfig", "MultiTaskLearner",
+           "conflict_metrics", "feature_dim",
            "Combiner", "GramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
            "projection_orders", "solve_spd",
            "EmbeddingLearner", "class_means", "one_hot"]
