@@ -5,12 +5,14 @@ is "metareg" or "baseline", ``extra_info["label"]`` names the variant.  Run with
 ``metareg bench -k pairwise`` or ``pytest benchmarks/bench_ops.py --benchmark-only``.
 
 Set METAREG_BENCH_DEVICE=cuda to time CUDA tensors (timings are synchronised); the default is
-CPU.  Rounds are fixed per shape so the whole file stays within a few minutes on 2 cores.
+CPU.  Rounds are fixed per shape so the whole file stays within a few minutes on 2 cores;
+METAREG_BENCH_ROUNDS=0.2 scales them down for a quick look.
 """
 
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 import torch
@@ -26,6 +28,8 @@ if DEVICE == "cuda" and not torch.cuda.is_available():
 COSINE_SHAPES = {(32, 75, 5, 64): 200, (32, 75, 25, 1600): 20, (1, 1024, 1024, 512): 10, (8, 4096, 4096, 128): 3}
 # Broadcasting F.cosine_similarity materialises [B, N, M, D]: skipped above this many bytes.
 BROADCAST_LIMIT = 2 * 1024**3
+ROUNDS_SCALE = float(os.environ.get("METAREG_BENCH_ROUNDS", "1"))
+WARMUP_SECONDS = 3.0
 
 
 def _sync():
@@ -43,9 +47,17 @@ def _run(benchmark, fn, rounds, group, role, label):
         fn()
         _sync()
 
+    rounds = max(3, round(rounds * ROUNDS_SCALE))
     if DEVICE == "cuda":
         rounds = max(rounds, 50)
-    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=2 if rounds > 5 else 1)
+    # Warm up for about three seconds, not a fixed count: on the 2-core VM the first ~100 calls that
+    # allocate a fresh multi-MB output run ~10x slower (page faults until the allocator settles),
+    # which would otherwise penalise whichever variant happens to run first.
+    start = time.perf_counter()
+    timed()
+    one = time.perf_counter() - start
+    warmup = int(min(500, max(1, WARMUP_SECONDS / max(one, 1e-6))))
+    benchmark.pedantic(timed, rounds=rounds, iterations=1, warmup_rounds=warmup)
 
 
 # -- pairwise_cosine --------------------------------------------------------------------------
