@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from metareg.errors import ConfigError
+from metareg.nets import conv
 from metareg.nets.conv import batch_norm, conv4, resnet12
 
 D = torch.float64
@@ -19,8 +20,11 @@ def _nets():
     }
 
 
+@pytest.mark.parametrize("im2col_max", [0, 32, 10**6], ids=["grouped", "mixed", "im2col"])
 @pytest.mark.parametrize("name", ["conv4", "resnet12"])
-def test_batched_forward_equals_per_task_loop(name):
+def test_batched_forward_equals_per_task_loop(name, im2col_max, monkeypatch):
+    # both lowerings of the batched convolution (grouped conv, im2col + bmm) must match the loop
+    monkeypatch.setattr(conv, "IM2COL_MAX", im2col_max)
     net = _nets()[name]
     g = torch.Generator().manual_seed(0)
     t, n = 3, 5
@@ -42,8 +46,10 @@ def _ce(pred, y):
     return F.cross_entropy(pred.reshape(-1, pred.shape[-1]), y.reshape(-1), reduction="none").view(y.shape).mean(1)
 
 
+@pytest.mark.parametrize("im2col_max", [0, 32], ids=["grouped", "mixed"])
 @pytest.mark.parametrize("name", ["conv4", "resnet12"])
-def test_second_order_maml_gradient_equals_per_task_loop(name):
+def test_second_order_maml_gradient_equals_per_task_loop(name, im2col_max, monkeypatch):
+    monkeypatch.setattr(conv, "IM2COL_MAX", im2col_max)
     net = _nets()[name]
     g = torch.Generator().manual_seed(1)
     t, s, q, c = 3, 4, 6, (1 if name == "conv4" else 2)
