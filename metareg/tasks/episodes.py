@@ -14,7 +14,6 @@ every task, so labels carry no information across episodes.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
@@ -164,11 +163,3 @@ class EpisodicImages(TaskDistribution):
         """Classes per split (for logs and reports)."""
         return {k: p.num_classes for k, p in self.pools.items()}
 
-
-def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
-    """Largest-remainder split of ``n`` items by ``fractions`` (which sum to 1)."""
-    raw = [n * f for f in fractions]
-    out = [math.floor(r) for r in raw]
-    for i in sorted(range(len(raw)), key=lambda i: raw[i] - out[i], reverse=True)[: n - sum(out)]:
-        out[i] += 1
-    return out

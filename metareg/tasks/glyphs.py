@@ -105,7 +105,8 @@ DUPLICATE_COSINE = 0.93
 class GlyphsConfig(EpisodeConfig):
     instances: int = param(20, "instances generated per class (like Omniglot's 20 drawers)", ge=2)
     max_per_group: int = param(60, "at most this many classes per group (0: all that survive de-duplication)", ge=0)
-    seed: int = param(0, "seed of the instance perturbations (part of the cache key)")
+    # not `seed`: that bare key belongs to the run, and --set seed=1 must stay unambiguous
+    generation_seed: int = param(0, "seed of the instance perturbations (part of the cache key)")
     cache_dir: str = param("", "folder of the generated cache (empty: $METAREG_CACHE or ~/.cache/metareg)")
 
 
@@ -289,11 +290,12 @@ def _digest(gs: GlyphSet) -> str:
 
 def cache_path(cfg: GlyphsConfig) -> Path:
     default = GlyphsConfig()
-    same = (cfg.instances, cfg.max_per_group, cfg.seed) == (default.instances, default.max_per_group, default.seed)
+    same = (cfg.instances, cfg.max_per_group, cfg.generation_seed) == (default.instances, default.max_per_group,
+                                                                  default.generation_seed)
     if same:
         name = f"glyphs-v{VERSION}.npz"
     else:
-        tag = hashlib.sha256(json.dumps(_key(cfg.instances, cfg.max_per_group, cfg.seed)).encode()).hexdigest()[:10]
+        tag = hashlib.sha256(json.dumps(_key(cfg.instances, cfg.max_per_group, cfg.generation_seed)).encode()).hexdigest()[:10]
         name = f"glyphs-v{VERSION}-{tag}.npz"
     return cache_root(cfg.cache_dir) / name
 
@@ -341,11 +343,11 @@ def _write(path: Path, gs: GlyphSet, key: dict) -> None:
 def load_glyphs(cfg: GlyphsConfig, *, progress: bool | None = None) -> GlyphSet:
     """The glyph set for ``cfg``'s generation settings, from the cache or freshly generated."""
     path = cache_path(cfg)
-    key = _key(cfg.instances, cfg.max_per_group, cfg.seed)
+    key = _key(cfg.instances, cfg.max_per_group, cfg.generation_seed)
     gs = _read(path, key)
     if gs is None:
         log.info("generating the glyphs dataset into %s", path)
-        gs = generate_glyphs(cfg.instances, cfg.max_per_group, cfg.seed, progress=progress)
+        gs = generate_glyphs(cfg.instances, cfg.max_per_group, cfg.generation_seed, progress=progress)
         _write(path, gs, key)
     return gs
 

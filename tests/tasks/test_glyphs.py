@@ -105,3 +105,10 @@ def test_full_default_generation_is_fast_and_large(tmp_path):
     total = sum(p.num_classes for p in bench.pools.values())
     assert total >= 1000 and bench.glyphs.images.shape[1] >= 20
     assert elapsed < 60, f"generation took {elapsed:.1f}s"
+
+
+def test_run_resolves_glyph_keys_without_ambiguity(small_glyphs):
+    from metareg.runner import Run
+
+    run = Run("maml", "glyphs", {**small_glyphs, "seed": 3, "generation_seed": 0})
+    assert run.config.seed == 3 and run.bench_config.max_per_group == small_glyphs["max_per_group"]
