@@ -73,6 +73,9 @@ class BenchmarkSpec:
     provides: frozenset[str] = frozenset()
     metric: str = "mse"
     paper: str = ""
+    #: hyperparameter defaults suggested to algorithms whose config has the field (presets and
+    #: --set override them), e.g. a larger inner learning rate on images
+    algorithm_defaults: Mapping[str, Any] = dataclasses.field(default_factory=lambda: _EMPTY)
     plugin: str = ""
     package: str = ""
 
@@ -135,13 +138,15 @@ def combiner(name: str, *, family: str, summary: str, paper: str, config: type) 
 
 
 def benchmark(
-    name: str, *, summary: str, config: type, provides: Iterable[str], metric: str, paper: str = ""
+    name: str, *, summary: str, config: type, provides: Iterable[str], metric: str, paper: str = "",
+    algorithm_defaults: Mapping[str, Any] | None = None,
 ) -> Callable[[Any], Any]:
     """Attach a :class:`BenchmarkSpec` to a task-distribution class (``factory(config)``)."""
     return _attach(
         lambda cls: BenchmarkSpec(
             name=_check_name(name), summary=summary, config=config, factory=cls,
             provides=frozenset(provides), metric=metric, paper=paper,
+            algorithm_defaults=MappingProxyType(dict(algorithm_defaults or {})),
         )
     )
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import inspect
 import json
 import logging
 import os
@@ -28,7 +29,7 @@ import torch
 from . import __version__
 from .config import build_config, config, describe, param
 from .errors import ConfigError, IncompatibleError, OutputError, did_you_mean
-from .evaluate import evaluate
+from .evaluate import evaluate, evaluate_train_tasks
 from .learners.base import LearnerContext
 from .plugins import PluginManager, get_manager
 
@@ -154,7 +155,10 @@ class Run:
         classes = {"algorithm": self.algo_spec.config, "benchmark": self.bench_spec.config, "run": RunConfig}
         sections = resolve_overrides(dict(overrides or {}), classes)
         run_over = {**self.algo_spec.run_defaults, **sections["run"]}
-        algo_over = {**reg.preset(algorithm), **sections["algorithm"]}
+        algo_fields = {f.name for f in dataclasses.fields(self.algo_spec.config)}
+        # a benchmark may suggest defaults (e.g. inner_lr 0.4 on images); presets and --set win
+        suggested = {k: v for k, v in self.bench_spec.algorithm_defaults.items() if k in algo_fields}
+        algo_over = {**suggested, **reg.preset(algorithm), **sections["algorithm"]}
         self.algo_config = build_config(self.algo_spec.config, algo_over, where=f"algorithm {self.algo_spec.name}")
         self.bench_config = build_config(self.bench_spec.config, sections["benchmark"], where=f"benchmark {self.bench_spec.name}")
         self.config = build_config(RunConfig, run_over, where="run")
@@ -213,7 +217,12 @@ class Run:
 
         def make_backbone(name: str | None = None, **options: Any):
             spec = reg.get("backbone", name or info.default_backbone)
-            return spec.factory(info.input_shape, info.output_dim, **{**dict(info.backbone_options), **options})
+            merged = {**dict(info.backbone_options), **options}
+            # benchmark-wide options (e.g. transductive batch norm) go only to backbones that have them
+            accepted = inspect.signature(spec.factory).parameters
+            if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+                merged = {k: v for k, v in merged.items() if k in accepted}
+            return spec.factory(info.input_shape, info.output_dim, **merged)
 
         def make_combiner(name: str, extra: dict[str, Any]):
             spec = reg.get("algorithm", name)
@@ -229,10 +238,11 @@ class Run:
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
         self.num_params = sum(p.numel() for p in params)
 
-    def evaluate(self, num_tasks: int, seed_offset: int) -> dict[str, float]:
+    def evaluate(self, num_tasks: int, seed_offset: int, split: str = "test") -> dict[str, float]:
+        """Few-shot evaluation on ``split`` tasks ("val" during training, "test" at the end)."""
         g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + seed_offset)
         return evaluate(self.learner, self.bench, num_tasks=num_tasks, steps=self.config.eval_steps, generator=g,
-                        chunk=self.config.eval_chunk, device=self.device, dtype=self.dtype)
+                        chunk=self.config.eval_chunk, split=split, device=self.device, dtype=self.dtype)
 
     # -- the loop --------------------------------------------------------------------------------
     def execute(self, *, progress: bool | None = None) -> dict[str, Any]:
@@ -279,7 +289,7 @@ class Run:
                     bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
                     self._log(metrics_fh, {"step": step, "split": "train", **m, "loss_avg": loss_avg, "time_s": round(time.perf_counter() - t0, 3)})
                 if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
-                    val = self.evaluate(cfg.val_tasks, seed_offset=1)
+                    val = self.evaluate(cfg.val_tasks, seed_offset=1, split="val")
                     m = {**m, **val}
                     self._log(metrics_fh, {"step": step, "split": "val", **val})
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and out is not None:
@@ -304,9 +314,13 @@ class Run:
             "steps_per_s": round(done / train_time, 2) if train_time > 0 else None,
             "final_loss": loss_avg,
         }
+        if hasattr(self.bench_config, "transductive"):
+            summary["transductive"] = self.bench_config.transductive  # part of the protocol: say it
         if status == "completed":
             t_eval = time.perf_counter()
             summary.update(self.evaluate(cfg.eval_tasks, seed_offset=2))
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 3)
+            summary.update(evaluate_train_tasks(self.learner, self.bench, generator=g, device=self.device, dtype=self.dtype))
             summary["eval_time_s"] = round(time.perf_counter() - t_eval, 3)
         summary["peak_memory_mb"] = _peak_memory_mb(self.device)
         summary["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")

@@ -6,7 +6,8 @@ from metareg.tasks.glyphs import Glyphs, GlyphsConfig
 
 glyphs = metareg.benchmark(
     "glyphs", summary="Omniglot-like 28x28 characters of 34 scripts from bundled fonts; no download (cached on first use)",
-    config=GlyphsConfig, provides={"episodic"}, metric="accuracy",
+    config=GlyphsConfig, provides={"episodic", "classification"}, metric="accuracy",
+    algorithm_defaults={"inner_lr": 0.4},
     paper="in the spirit of Lake, Salakhutdinov, Tenenbaum. Human-level concept learning ... Science 2015",
 )(type("GlyphsBenchmark", (Glyphs,), {"__module__": __name__}))
 

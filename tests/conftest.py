@@ -4,6 +4,20 @@ import torch
 from metareg import plugins
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_cache(tmp_path_factory):
+    """Generated datasets go to a per-session folder, never the user's ~/.cache."""
+    import os
+
+    old = os.environ.get("METAREG_CACHE")
+    os.environ["METAREG_CACHE"] = str(tmp_path_factory.mktemp("metareg-cache"))
+    yield
+    if old is None:
+        os.environ.pop("METAREG_CACHE", None)
+    else:
+        os.environ["METAREG_CACHE"] = old
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugins(monkeypatch):
     """Each test sees a freshly loaded plugin manager and no plugin env switches from outside."""

@@ -155,6 +155,9 @@ def info_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
         click.echo("\nuse with a multi-task learner: metareg run hard_sharing --benchmark sinusoid_mtl --set combiner=" + spec.name)
     elif spec.category == "benchmark":
         click.echo(f"\nprovides: {', '.join(sorted(spec.provides))}; metric: {spec.metric}")
+        if spec.algorithm_defaults:
+            click.echo("suggests to algorithms: " + ", ".join(f"{k}={v}" for k, v in spec.algorithm_defaults.items())
+                       + " (where the algorithm has the field; --set overrides)")
         click.echo("learners that run on it: " + (", ".join(compatible) or "none installed"))
 
 

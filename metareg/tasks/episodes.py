@@ -33,6 +33,8 @@ class EpisodeConfig:
     query: int = param(15, "query examples per class during training", ge=1)
     meta_batch: int = param(32, "tasks per training batch (T)", ge=1)
     eval_query: int = param(0, "query examples per class at evaluation (0: same as query)", ge=0)
+    transductive: bool = param(True, "batch-norm statistics from all examples of each forward (MAML's transductive "
+                                     "setting) or from the support set only; recorded in every result")
 
     @property
     def eval_query_size(self) -> int:
@@ -144,7 +146,7 @@ class EpisodicImages(TaskDistribution):
                 self.pools[split].check(c.ways, c.shots + c.eval_query_size, f"{split} episodes")
         self.info = TaskInfo(input_shape=tuple(input_shape), output_dim=c.ways, loss="cross_entropy",
                              metric="accuracy", default_backbone=default_backbone,
-                             backbone_options=backbone_options)
+                             backbone_options=(*backbone_options, ("transductive", c.transductive)))
 
     def train_batch(self, generator: torch.Generator) -> TaskBatch:
         c = self.config
