@@ -1,0 +1,72 @@
+"""``metareg compare``: several algorithms on one benchmark, one seed, one table."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+
+import click
+
+from ..compare import check_names, comparison_rows, split_overrides, text_table, write_report
+from ..config import load_toml
+from ..errors import ConfigError
+from ..plugins import get_manager
+from .run import parse_sets
+
+__all__ = ["compare"]
+
+
+@click.command("compare")
+@click.argument("algorithms", nargs=-1, required=True)
+@click.option("-b", "--benchmark", "bench", required=True, metavar="B", help="benchmark every algorithm runs on")
+@click.option("--steps", type=int, help="outer training steps for every algorithm")
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
+              help="override; ALGO.key for one algorithm, a bare algorithm key for all that have it")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.toml")
+@click.option("--device", help="cpu, cuda, ...")
+@click.option("--seed", type=int, help="the one seed every algorithm uses (default 0)")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="results folder (default runs/compare-B-TIMESTAMP): one sub-folder per algorithm + the report")
+@click.option("--json", "as_json", is_flag=True, help="print the comparison as JSON")
+@click.pass_context
+def compare(ctx, algorithms, bench, steps, sets, config_file, device, seed, out, as_json):
+    """Train ALGORITHMS (meta-learners and multi-task learners alike) on one benchmark with one seed
+    and compare them on the same held-out tasks: adaptation from K examples, trained-task error
+    where defined, and cost.
+
+    \b
+    metareg compare maml fomaml hard_sharing --benchmark sinusoid_mtl --steps 2000
+    """
+    from ..runner import Run
+
+    manager = ctx.obj or get_manager()
+    check_names(algorithms, manager)
+    overrides: dict = {}
+    if config_file is not None:
+        overrides.update(load_toml(config_file))
+    overrides.update(parse_sets(sets))
+    for key, value in (("run.steps", steps), ("run.device", device), ("run.seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    per_algo = split_overrides(algorithms, overrides, manager)
+    out = out or Path("runs") / f"compare-{bench}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    # resolve every run before training any, so a typo in the last one costs nothing
+    runs = {a: Run(a, bench, per_algo[a], out=out / a, manager=manager) for a in algorithms}
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"--out {out} already contains files; choose an empty or new folder.")
+    summaries = {}
+    for i, (a, run) in enumerate(runs.items(), 1):
+        if not as_json:
+            click.echo(f"[{i}/{len(runs)}] {a} on {bench}", err=True)
+        s = run.execute(progress=None if as_json else True)
+        summaries[a] = {**s, "kind": run.algo_spec.kind}
+    cols, rows = comparison_rows(summaries)
+    write_report(out, bench, cols, rows)
+    if as_json:
+        click.echo(json.dumps({"benchmark": bench, "columns": cols, "rows": rows, "out": str(out)}, default=str))
+        return
+    click.echo(text_table(cols, rows))
+    click.echo(f"report: {out}/compare.csv, {out}/compare.json, {out}/plots/adaptation.png")

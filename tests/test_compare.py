@@ -1,0 +1,38 @@
+import json
+
+from click.testing import CliRunner
+
+from metareg.cli import make_cli
+from metareg.compare import split_overrides
+
+
+def test_split_overrides_routes_keys():
+    per = split_overrides(["maml", "hard_sharing"], {"maml.inner_lr": 0.05, "inner_steps": 2, "combiner": "equal",
+                                                     "shots": 5, "eval_tasks": 10})
+    assert per["maml"] == {"inner_lr": 0.05, "algorithm.inner_steps": 2, "shots": 5, "run.eval_tasks": 10}
+    assert per["hard_sharing"] == {"algorithm.combiner": "equal", "shots": 5, "run.eval_tasks": 10}
+
+
+def test_compare_meta_and_multitask_side_by_side(tmp_path):
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(make_cli(), ["compare", "maml", "hard_sharing", "-b", "sinusoid_mtl", "--steps", "5",
+                                        "--set", "eval_tasks=12", "--set", "maml.inner_lr=0.02", "--out", str(out),
+                                        "--json"], catch_exceptions=False)
+    assert r.exit_code == 0, r.stderr
+    data = json.loads(r.stdout)
+    rows = {row["algorithm"]: row for row in data["rows"]}
+    assert rows["maml"]["kind"] == "meta" and rows["hard_sharing"]["kind"] == "multitask"
+    for col in ("mse_before", "mse_after_1_step", "mse_after_10_steps"):
+        assert col in data["columns"] and all(isinstance(row[col], float) for row in rows.values())
+    assert (out / "compare.csv").exists() and (out / "plots" / "adaptation.png").stat().st_size > 1000
+    assert json.loads((out / "maml" / "config.json").read_text())["algorithm_config"]["inner_lr"] == 0.02
+    assert (out / "hard_sharing" / "summary.json").exists()
+
+
+def test_compare_typo_is_an_error_before_training(tmp_path):
+    out = tmp_path / "cmp"
+    r = CliRunner().invoke(make_cli(), ["compare", "maml", "fomaml", "-b", "sinusoid", "--set", "inner_lrr=0.1",
+                                        "--out", str(out)])
+    assert r.exit_code == 2 and "inner_lr" in r.stderr and not out.exists()
+    r = CliRunner().invoke(make_cli(), ["compare", "maml", "pcgrad", "-b", "sinusoid"])
+    assert r.exit_code == 2 and "combiner" in r.stderr
