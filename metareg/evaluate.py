@@ -15,7 +15,7 @@ import torch
 
 from .tasks.base import TaskDistribution, task_metric
 
-__all__ = ["evaluate", "metric_name"]
+__all__ = ["evaluate", "evaluate_train_tasks", "metric_name"]
 
 
 def metric_name(metric: str, k: int, *, stepwise: bool = True) -> str:
@@ -70,3 +70,31 @@ def evaluate(
         out[name + "_ci95"] = ci
     out["eval_tasks"] = num_tasks
     return out
+
+
+def evaluate_train_tasks(
+    learner,
+    bench: TaskDistribution,
+    *,
+    generator: torch.Generator,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> dict[str, object]:
+    """In-distribution error on the tasks trained on: the benchmark's fresh (held-out) samples of
+    its M training tasks (``bench.train_tasks_batch``) scored with the learner's trained heads
+    (``learner.predict_tasks``).  Mean and 95% CI over the M tasks, and the per-task values.
+    Empty for a benchmark or learner without them (episodic benchmarks, meta-learners)."""
+    if not (hasattr(bench, "train_tasks_batch") and hasattr(learner, "predict_tasks")):
+        return {}
+    metric = bench.info.metric
+    was_training = learner.training
+    learner.eval()
+    try:
+        batch = bench.train_tasks_batch(generator).to(device, dtype)
+        pred = learner.predict_tasks(batch.query_x, batch.task_ids)
+        vals = task_metric(pred, batch.query_y, metric).double().cpu()
+    finally:
+        learner.train(was_training)
+    name = f"train_tasks_{metric}"
+    ci = 1.96 * vals.std(unbiased=True).item() / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
+    return {name: vals.mean().item(), name + "_ci95": ci, name + "_per_task": vals.tolist()}

@@ -58,7 +58,8 @@ def on_run_start(run):
 @hookspec
 def on_step_end(run, step, metrics):
     """Outer step ``step`` (1-based) finished; ``metrics`` is a dict of floats (loss, and the
-    evaluation metrics on steps where a periodic evaluation ran)."""
+    evaluation metrics on steps where a periodic evaluation ran); multi-task learners add lists on
+    some steps (``grad_cosine`` [T][T], ``grad_cosine_tasks`` [T], ``combiner.<state>`` [M])."""
 
 
 @hookspec

@@ -95,5 +95,8 @@ def _print_summary(s: dict) -> None:
         for k in keys:
             ci = s.get(k + "_ci95", math.nan)
             click.echo(f"  {k:<28} {s[k]:.4f} ± {ci:.4f}")
+    for k in [k for k in s if k.startswith("train_tasks_") and not k.endswith(("_ci95", "_per_task"))]:
+        click.echo(f"training tasks, fresh samples, mean ± 95% CI over tasks:\n  {k:<28} {s[k]:.4f} ± "
+                   f"{s.get(k + '_ci95', math.nan):.4f}")
     if "out" in s:
         click.echo(f"results: {s['out']}")

@@ -53,8 +53,9 @@ DEFAULT_CONFLICT_EVERY = 10
 class MultiTaskConfig:
     combiner: str = param("equal", "how task losses/gradients are combined (see `metareg list --kind multitask`)")
     backbone: str = param("", "backbone name; empty: the benchmark's default")
-    head_fit: Literal["ridge", "sgd"] = param(
-        "ridge", "new-task head: closed-form ridge towards the mean head (regression), or SGD steps from it")
+    head_fit: Literal["auto", "ridge", "sgd"] = param(
+        "auto", "new-task head: 'ridge' (closed form towards the mean head; regression with a linear head), 'sgd' "
+        "(steps from the mean head, or from the prototype head for classification), 'auto' (ridge where it applies)")
     ridge: float = param(0.1, "ridge strength lambda of head_fit='ridge'", gt=0)
     adapt_lr: float = param(0.01, "learning rate of head_fit='sgd' and of adapt_encoder", gt=0)
     adapt_encoder: bool = param(
@@ -222,12 +223,12 @@ class MultiTaskLearner(Learner):
             return self._finetune(batch, enc_t, mean_head, wanted)
         feats_s = self.encode_new(enc_t, batch.support_x)
         feats_q = self.encode_new(enc_t, batch.query_x)
-        if self.config.head_fit == "ridge":
+        if self._head_fit() == "ridge":
             fitted = self._ridge(feats_s, batch.support_y, mean_head)
             for k in wanted:
                 out[k] = self.head(mean_head if k == 0 else fitted, feats_q)
             return out
-        head = mean_head.expand(t, -1).clone()
+        head = self._initial_head(feats_s, batch.support_y, mean_head)
         with torch.enable_grad():
             for k in range(0, max(wanted) + 1):
                 if k in wanted:
@@ -242,8 +243,8 @@ class MultiTaskLearner(Learner):
 
     def _finetune(self, batch: TaskBatch, enc: Tensor, mean_head: Tensor, wanted: list[int]) -> dict[int, Tensor]:
         """SGD on each new task's own copy of the encoder and head, from the support set."""
-        t = batch.num_tasks
-        enc, head = enc.clone(), mean_head.expand(t, -1).clone()
+        enc = enc.clone()
+        head = self._initial_head(self.encode_new(enc, batch.support_x), batch.support_y, mean_head)
         lr = self.config.adapt_lr
         out: dict[int, Tensor] = {}
         with torch.enable_grad():
@@ -258,10 +259,36 @@ class MultiTaskLearner(Learner):
                 enc, head = (e - lr * ge).detach(), (h - lr * gh).detach()
         return out
 
+    def _linear_head(self) -> bool:
+        return len(self.head_net.layers) - self.head_start == 1 and isinstance(self.head_net.layers[-1], Linear)
+
+    def _head_fit(self) -> str:
+        mode = self.config.head_fit
+        if mode == "auto":
+            return "ridge" if self.task.loss == "mse" and self._linear_head() else "sgd"
+        return mode
+
+    def _initial_head(self, feats: Tensor, y: Tensor, mean_head: Tensor) -> Tensor:
+        """Where a new task's head starts [T, P_h].  Regression: the mean trained head.
+        Classification: the mean head's labels mean nothing for a new task, so the prototype head
+        (Snell et al. 2017, eq. 2 written as a linear layer; the Proto-MAML initialisation of
+        Triantafillou et al. ICLR 2020): w_c = 2 mu_c, b_c = -|mu_c|^2 with mu_c the mean support
+        feature of class c, and a logit far below the others for outputs no support example has."""
+        t = feats.shape[0]
+        if self.task.loss != "cross_entropy" or not self._linear_head():
+            return mean_head.expand(t, -1).clone()
+        o = self.head_net.out_dim
+        onehot = torch.nn.functional.one_hot(y.long(), o).to(feats.dtype)  # [T, K, O]
+        counts = onehot.sum(1)  # [T, O]
+        mu = onehot.transpose(1, 2) @ feats / counts.clamp_min(1).unsqueeze(-1)  # [T, O, F]
+        bias = -(mu * mu).sum(-1)
+        bias = torch.where(counts > 0, bias, bias.min(1, keepdim=True).values - 1e3)
+        return torch.cat([(2 * mu).reshape(t, -1), bias], 1)
+
     def _ridge(self, feats: Tensor, y: Tensor, prior: Tensor) -> Tensor:
         """Closed-form ridge fit of a linear head, shrunk towards ``prior`` (the mean trained head):
         argmin_w |[F 1] w - y|^2 + lambda |w - prior|^2, per task, batched."""
-        if self.task.loss != "mse" or len(self.head_net.layers) - self.head_start != 1:
+        if self.task.loss != "mse" or not self._linear_head():
             raise IncompatibleError("head_fit='ridge' needs a regression benchmark and a linear head; use head_fit='sgd'.")
         t, k, f = feats.shape
         o = self.head_net.out_dim
