@@ -5,6 +5,7 @@
 #   make test        the whole default test suite (installs first if needed)
 #   make test-slow   the slow accuracy checks (MAML sinusoid, 3,000 outer steps)
 #   make bench       the benchmarks (pytest-benchmark; one table of ratios against baselines)
+#   make gpu-check   on a GPU machine: CUDA build, CUDA tests, benchmarks (benchmarks/gpu_check.sh)
 #
 # TORCH chooses the torch requirement. The default is the CPU wheel that CI uses; GPU users pass
 # e.g. `make install TORCH="torch==2.11.0"` (or any torch>=2.4 already installed in VENV with
@@ -18,9 +19,9 @@ MAX_JOBS ?= 2
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.metareg-installed
-SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cuh)
+SOURCES := pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.cpp csrc/cuda/*.h csrc/cuda/*.cuh)
 
-.PHONY: install run test test-slow bench clean
+.PHONY: install run test test-slow bench gpu-check clean
 
 install: $(STAMP)
 
@@ -43,6 +44,10 @@ test-slow: install
 
 bench: install
 	$(VENV)/bin/metareg bench
+
+# on a GPU machine: builds the CUDA kernels for that card, runs the CUDA tests and the benchmarks
+gpu-check:
+	bash benchmarks/gpu_check.sh
 
 clean:
 	rm -rf build *.egg-info metareg/_C*.so $(STAMP)
