@@ -14,7 +14,9 @@ per-task forwards are batched over tasks exactly as in the meta-learners.
   regulariser (L2 tie, adversarial and orthogonality losses), whose gradient is added outside the
   combiner because it is no task's loss;
 * the negative-transfer log: the pairwise cosine of the task gradients of ``shared`` (a [T, T]
-  matrix from :func:`metareg.ops.pairwise_cosine`), returned in the step metrics;
+  matrix from :func:`metareg.ops.pairwise_cosine`), returned in the step metrics every
+  ``conflict_every`` steps (the runner writes them to metrics.jsonl; the ``gradient_conflict``
+  observer plots them);
 * evaluation on a task never trained on (:meth:`~MultiTaskLearner.adapt_predict`): a fresh head on
   the encoder the architecture defines for a new task (:meth:`~MultiTaskLearner.new_task_encoder`),
   fitted from the task's K support examples, optionally fine-tuning that encoder too, so
@@ -42,10 +44,13 @@ from .combiners import task_jacobian
 __all__ = ["MultiTaskConfig", "MultiTaskLearner", "SharedEncoderLearner", "TaskNetworksLearner", "conflict_metrics", "feature_dim", "run_columns",
            "pick_columns"]
 
-#: measured on sinusoid_mtl (hard sharing, 20 tasks, 1 thread): the task Jacobian and its cosine
-#: cost about 5.5x a plain summed-loss step, so with loss-weighting combiners the log is taken every
-#: ``conflict_every`` steps (the runner's default ``log_every``), not every step; gradient combiners
-#: compute the Jacobian anyway, and their log is every step at the price of one [T, T] cosine.
+#: The log costs: on sinusoid_mtl (hard sharing, 20 tasks, 1 thread) the task Jacobian and its
+#: cosine cost about 5.5x a plain summed-loss step (loss-weighting combiners do not need the
+#: Jacobian otherwise), and even where a gradient combiner has the Jacobian anyway, the cosine of a
+#: short, wide [3, 82k] Jacobian through metareg.ops.pairwise_cosine takes ~0.75 ms, ~18% of the
+#: hard-sharing PCGrad step of shared/BENCHMARKS.md.  The runner writes metrics.jsonl only every
+#: ``log_every`` (default 10) steps, so the log is computed every 10 steps by default: every written
+#: line has it; ``conflict_every=1`` (with ``log_every=1``) records every step.
 DEFAULT_CONFLICT_EVERY = 10
 
 
@@ -61,8 +66,8 @@ class MultiTaskConfig:
     adapt_encoder: bool = param(
         False, "new tasks: fine-tune the new-task encoder together with the head by SGD (else the encoder is frozen)")
     conflict_every: int = param(
-        DEFAULT_CONFLICT_EVERY, "log the [T,T] cosine of task gradients every N steps (0: never); every step when "
-        "the combiner computes the task Jacobian anyway", ge=0)
+        DEFAULT_CONFLICT_EVERY, "log the [T,T] cosine of task gradients every N steps (0: never; match the run's "
+        "log_every, whose lines are the ones written)", ge=0)
 
     def __post_init__(self) -> None:
         if self.adapt_encoder and self.head_fit == "ridge":
@@ -168,7 +173,7 @@ class MultiTaskLearner(Learner):
         losses, extra, metrics = self.objective(batch)
         c = self.combiner
         every = self.config.conflict_every
-        log_conflicts = every > 0 and (c.needs_jacobian or self._steps % every == 0)
+        log_conflicts = every > 0 and self._steps % every == 0
         jac = task_jacobian(losses, self.shared) if (c.needs_jacobian or log_conflicts) else None
         if c.needs_jacobian:
             update = c.aggregate(jac, losses.detach(), batch.task_ids)

@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .base import TaskBatch, TaskDistribution, TaskInfo
 from .episodes import EpisodeConfig
 from .glyphs import Glyphs, GlyphsConfig
-from .mtl_regression import fixed_task_ids
+from .mtl_regression import check_meta_batch, fixed_task_ids
 
 __all__ = ["GlyphsMTLConfig", "GlyphsMTL", "DigitsMTLConfig", "DigitsMTL", "DIGIT_TASKS"]
 
@@ -34,8 +34,7 @@ class GlyphsMTLConfig(GlyphsConfig):
     task_seed: int = param(1234, "seed that picks the training tasks' classes (fixed across runs)")
 
     def __post_init__(self) -> None:
-        if self.meta_batch > self.num_tasks:
-            raise ConfigError(f"meta_batch ({self.meta_batch}) must not exceed num_tasks ({self.num_tasks}).")
+        check_meta_batch(self)
         if self.train_instances >= self.instances:
             raise ConfigError(f"train_instances ({self.train_instances}) must be below instances ({self.instances}) "
                               "so the trained tasks keep test instances.")
@@ -114,8 +113,7 @@ class DigitsMTLConfig(EpisodeConfig):
     eval_query: int = param(15, "query examples per class of a held-out task", ge=1)
 
     def __post_init__(self) -> None:
-        if self.meta_batch > self.num_tasks:
-            raise ConfigError(f"meta_batch ({self.meta_batch}) must not exceed num_tasks ({self.num_tasks}).")
+        check_meta_batch(self)
 
 
 def _load_digits() -> tuple[Tensor, Tensor]:

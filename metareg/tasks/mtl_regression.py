@@ -18,7 +18,7 @@ from ..config import config, param
 from ..errors import ConfigError
 from .base import TaskBatch, TaskDistribution, TaskInfo
 
-__all__ = ["GradNormToyConfig", "GradNormToy", "RelatednessConfig", "Relatedness", "fixed_task_ids"]
+__all__ = ["GradNormToyConfig", "GradNormToy", "RelatednessConfig", "Relatedness", "fixed_task_ids", "check_meta_batch"]
 
 
 def fixed_task_ids(num_tasks: int, meta_batch: int, generator: torch.Generator) -> Tensor:
@@ -26,6 +26,12 @@ def fixed_task_ids(num_tasks: int, meta_batch: int, generator: torch.Generator) 
     if meta_batch >= num_tasks:
         return torch.arange(num_tasks)
     return torch.randperm(num_tasks, generator=generator)[:meta_batch]
+
+
+def check_meta_batch(cfg) -> None:
+    """A batch of fixed tasks holds each at most once."""
+    if cfg.meta_batch > cfg.num_tasks:
+        raise ConfigError(f"meta_batch ({cfg.meta_batch}) must not exceed num_tasks ({cfg.num_tasks}).")
 
 
 class _FixedRegression(TaskDistribution):
@@ -76,8 +82,7 @@ class GradNormToyConfig:
     task_seed: int = param(1234, "seed of B and of the training tasks' eps_i (fixed across runs)")
 
     def __post_init__(self) -> None:
-        if self.meta_batch > self.num_tasks:
-            raise ConfigError(f"meta_batch ({self.meta_batch}) must not exceed num_tasks ({self.num_tasks}).")
+        check_meta_batch(self)
 
 
 class GradNormToy(_FixedRegression):
@@ -134,8 +139,7 @@ class RelatednessConfig:
     task_seed: int = param(1234, "seed of the shared component and the training tasks (fixed across runs)")
 
     def __post_init__(self) -> None:
-        if self.meta_batch > self.num_tasks:
-            raise ConfigError(f"meta_batch ({self.meta_batch}) must not exceed num_tasks ({self.num_tasks}).")
+        check_meta_batch(self)
         if self.train_size and self.train_size < self.shots + self.query:
             raise ConfigError(f"train_size ({self.train_size}) must hold shots + query = {self.shots + self.query} "
                               "examples per step; raise train_size or lower shots/query (train_size=0: fresh samples).")
