@@ -125,6 +125,7 @@ class FunctionalNet:
                 self._offsets.append(self._offsets[-1] + self.sizes[-1])
             self._layer_ranges.append((start, len(self.names)))
         self.num_params = self._offsets[-1]
+        self._plans: dict[tuple[int, int], tuple] = {}
 
     # -- layout ----------------------------------------------------------------------------
     def offset(self, layer: int) -> int:
@@ -144,24 +145,34 @@ class FunctionalNet:
                 parts.append(layer.init(pname, tuple(shape), generator, dtype).reshape(-1))
         return torch.cat(parts) if parts else torch.zeros(0, dtype=dtype)
 
+    def _plan(self, start: int, end: int) -> tuple[int, list[int], list[list[tuple[str, tuple[int, ...]]]]]:
+        """(entries, chunk sizes, per-layer (name, shape) lists) of layers ``start:end``, cached:
+        views() runs on every forward of every inner step, so its Python work is kept to a split."""
+        key = (start, end)
+        plan = self._plans.get(key)
+        if plan is None:
+            first = self._layer_ranges[start][0] if start < len(self.layers) else len(self.names)
+            last = self._layer_ranges[end - 1][1] if end > start else first
+            per_layer = [[(self.names[j].split(".", 1)[1], self.shapes[j]) for j in range(*self._layer_ranges[i])]
+                         for i in range(start, end)]
+            plan = (self._offsets[last] - self._offsets[first], self.sizes[first:last], per_layer)
+            self._plans[key] = plan
+        return plan
+
     def views(self, flat: Tensor, start: int = 0, end: int | None = None) -> list[dict[str, Tensor]]:
         """Per-layer dicts of views into ``flat`` ([..., P_range]) for layers ``start:end``."""
         end = len(self.layers) if end is None else end
-        first, last = self._layer_ranges[start][0] if start < len(self.layers) else len(self.names), (
-            self._layer_ranges[end - 1][1] if end > start else self._layer_ranges[start][0]
-        )
-        expect = self._offsets[last] - self._offsets[first]
+        expect, sizes, per_layer = self._plan(start, end)
         if flat.shape[-1] != expect:
             raise ValueError(f"flat parameters for layers {start}:{end} need {expect} entries, got {flat.shape[-1]}")
-        lead = flat.shape[:-1]
-        chunks = torch.split(flat, self.sizes[first:last], dim=-1) if last > first else []
+        lead = tuple(flat.shape[:-1])
+        chunks = flat.split(sizes, dim=-1) if sizes else ()
         out: list[dict[str, Tensor]] = []
         k = 0
-        for i in range(start, end):
-            a, b = self._layer_ranges[i]
+        for names in per_layer:
             d = {}
-            for j in range(a, b):
-                d[self.names[j].split(".", 1)[1]] = chunks[k].view(*lead, *self.shapes[j])
+            for pname, shape in names:
+                d[pname] = chunks[k].view(lead + shape)
                 k += 1
             out.append(d)
         return out
