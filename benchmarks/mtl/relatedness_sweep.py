@@ -45,6 +45,14 @@ def main() -> None:
             rows.append({"rho": rho, "algo": algo, "train_tasks_mse": mean, "ci95": ci, "per_seed": vals})
             print(f"rho={rho:<4} {algo:<14} train_tasks_mse {mean:.4f} ± {ci:.4f}  ({', '.join(f'{v:.4f}' for v in vals)})",
                   flush=True)
+    # same seed = same training tasks and budget for every algorithm: the paired difference
+    # removes the task-draw variance from the comparison
+    by = {(r["rho"], r["algo"]): r["per_seed"] for r in rows}
+    base, other = args.algos[0], args.algos[-1]
+    for rho in args.rhos:
+        d = [a - b for a, b in zip(by[rho, base], by[rho, other])]
+        ci = 1.96 * statistics.stdev(d) / math.sqrt(len(d)) if len(d) > 1 else float("nan")
+        print(f"rho={rho:<4} {base} - {other}: {statistics.fmean(d):+.4f} ± {ci:.4f} (negative: {base} better)")
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(rows, fh, indent=1)
