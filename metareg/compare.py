@@ -69,7 +69,9 @@ def comparison_rows(summaries: Mapping[str, Mapping[str, Any]]) -> tuple[list[st
     metric_cols: list[str] = []
     for s in summaries.values():
         for k in s:
-            if (k.startswith(("mse", "accuracy", "train_tasks_")) and not k.endswith("_ci95")) and k not in metric_cols:
+            # scalars only: a summary may also hold per-task lists (train_tasks_<metric>_per_task)
+            if (k.startswith(("mse", "accuracy", "train_tasks_")) and not k.endswith("_ci95")
+                    and isinstance(s[k], (int, float)) and k not in metric_cols):
                 metric_cols.append(k)
     rows = []
     for name, s in summaries.items():
