@@ -52,7 +52,8 @@ def reverse_gradient(x):
 
 @metareg.config
 class AdversarialSharingConfig(MultiTaskConfig):
-    adversarial: float = metareg.param(0.05, "weight lambda_adv of the task-discriminator loss (through gradient reversal)", ge=0)
+    adversarial: float = metareg.param(
+        0.05, "weight lambda_adv of the task-discriminator loss (through gradient reversal)", ge=0)
     orthogonality: float = metareg.param(0.01, "weight gamma of the shared/private orthogonality loss", ge=0)
 
 

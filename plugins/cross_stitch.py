@@ -32,8 +32,8 @@ class CrossStitchConfig(MultiTaskConfig):
 
 @metareg.algorithm("cross_stitch", kind="multitask", family="architecture",
                    summary="a network per task, mixed by learned cross-stitch units after each hidden layer",
-                   paper="Misra et al. Cross-stitch Networks for Multi-task Learning. CVPR 2016", config=CrossStitchConfig,
-                   requires={"fixed_tasks"})
+                   paper="Misra et al. Cross-stitch Networks for Multi-task Learning. CVPR 2016",
+                   config=CrossStitchConfig, requires={"fixed_tasks"})
 class CrossStitch(MultiTaskLearner):
     def __init__(self, config, context):
         super().__init__(config, context)

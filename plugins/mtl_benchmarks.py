@@ -35,7 +35,8 @@ digits_mtl = metareg.benchmark(
 )(_named(DigitsMTL, "DigitsMTLBenchmark"))
 
 glyphs_mtl = metareg.benchmark(
-    "glyphs_mtl", summary="M fixed N-way problems over disjoint glyph classes; held-out: episodes of the evaluation groups",
+    "glyphs_mtl",
+    summary="M fixed N-way problems over disjoint glyph classes; held-out: episodes of the evaluation groups",
     config=GlyphsMTLConfig, provides={"episodic", "fixed_tasks", "classification"}, metric="accuracy",
     paper="glyphs (metareg's embedded Omniglot-like set) as fixed tasks",
 )(_named(GlyphsMTL, "GlyphsMTLBenchmark"))

@@ -29,7 +29,8 @@ from metareg.learners.multitask import TaskNetworksLearner
 
 @metareg.config
 class SoftSharingL2Config(MultiTaskConfig):
-    penalty: float = metareg.param(1e-2, "weight lambda of the mean pairwise squared L2 distance of the task encoders", ge=0)
+    penalty: float = metareg.param(
+        1e-2, "weight lambda of the mean pairwise squared L2 distance of the task encoders", ge=0)
 
 
 @metareg.algorithm("soft_sharing_l2", kind="multitask", family="architecture",

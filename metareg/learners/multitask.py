@@ -41,8 +41,8 @@ from ..tasks.base import TaskBatch
 from .base import Learner, LearnerContext
 from .combiners import task_jacobian
 
-__all__ = ["MultiTaskConfig", "MultiTaskLearner", "SharedEncoderLearner", "TaskNetworksLearner", "conflict_metrics", "feature_dim", "run_columns",
-           "pick_columns"]
+__all__ = ["MultiTaskConfig", "MultiTaskLearner", "SharedEncoderLearner", "TaskNetworksLearner", "conflict_metrics",
+           "feature_dim", "run_columns", "pick_columns"]
 
 #: The log costs: on sinusoid_mtl (hard sharing, 20 tasks, 1 thread) the task Jacobian and its
 #: cosine cost about 5.5x a plain summed-loss step (loss-weighting combiners do not need the
@@ -128,7 +128,8 @@ class MultiTaskLearner(Learner):
 
     def _init_heads(self, generator: torch.Generator) -> nn.Parameter:
         """M heads of ``head_net``, each initialised like the backbone's head."""
-        heads = torch.stack([self.head_net.init_flat(generator, dtype=self.context.dtype)[self.head_net.offset(self.head_start):]
+        start = self.head_net.offset(self.head_start)
+        heads = torch.stack([self.head_net.init_flat(generator, dtype=self.context.dtype)[start:]
                              for _ in range(self.num_train_tasks)])
         return nn.Parameter(heads.to(self.context.device))
 
@@ -294,7 +295,8 @@ class MultiTaskLearner(Learner):
         """Closed-form ridge fit of a linear head, shrunk towards ``prior`` (the mean trained head):
         argmin_w |[F 1] w - y|^2 + lambda |w - prior|^2, per task, batched."""
         if self.task.loss != "mse" or not self._linear_head():
-            raise IncompatibleError("head_fit='ridge' needs a regression benchmark and a linear head; use head_fit='sgd'.")
+            raise IncompatibleError("head_fit='ridge' needs a regression benchmark and a linear head; "
+                                    "use head_fit='sgd'.")
         t, k, f = feats.shape
         o = self.head_net.out_dim
         phi = torch.cat([feats, feats.new_ones(t, k, 1)], -1)  # [T, K, F+1]

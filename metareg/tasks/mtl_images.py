@@ -43,6 +43,20 @@ class GlyphsMTLConfig(GlyphsConfig):
                               f"({self.train_instances}); lower query.")
 
 
+def class_major(x: Tensor, shots: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Images [T, ways, n, ...] -> support/query in the episode layout (class-major, label j =
+    the j-th class): support_x, support_y, query_x, query_y."""
+    t, ways, n = x.shape[:3]
+    labels = torch.arange(ways)
+    q = n - shots
+
+    def lab(k: int) -> Tensor:
+        return labels.repeat_interleave(k).expand(t, -1).contiguous()
+
+    return (x[:, :, :shots].reshape(t, ways * shots, *x.shape[3:]), lab(shots),
+            x[:, :, shots:].reshape(t, ways * q, *x.shape[3:]), lab(q))
+
+
 class GlyphsMTL(Glyphs):
     """M tasks, each ``ways`` distinct classes of the background (training) groups, no class in two
     tasks; label j of task t is always the same class.  Held-out tasks are the usual episodes of the
@@ -56,9 +70,11 @@ class GlyphsMTL(Glyphs):
             raise ConfigError(f"glyphs_mtl: num_tasks * ways = {c.num_tasks * c.ways} classes needed, the training "
                               f"groups have {pool.num_classes}; lower num_tasks or ways.")
         g = torch.Generator().manual_seed(c.task_seed)
-        self.task_classes = torch.randperm(pool.num_classes, generator=g)[: c.num_tasks * c.ways].view(c.num_tasks, c.ways)
+        picked = torch.randperm(pool.num_classes, generator=g)[: c.num_tasks * c.ways]
+        self.task_classes = picked.view(c.num_tasks, c.ways)
         self.info = TaskInfo(input_shape=self.info.input_shape, output_dim=c.ways, loss="cross_entropy",
-                             metric="accuracy", num_train_tasks=c.num_tasks, default_backbone=self.info.default_backbone,
+                             metric="accuracy", num_train_tasks=c.num_tasks,
+                             default_backbone=self.info.default_backbone,
                              backbone_options=self.info.backbone_options)
 
     def _task_images(self, ids: Tensor, inst: Tensor) -> Tensor:
@@ -68,25 +84,19 @@ class GlyphsMTL(Glyphs):
         x = pool.images[rows.reshape(-1)].float().div_(255)
         return x.view(*inst.shape, *x.shape[1:])
 
-    def _split(self, x: Tensor, shots: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        t, ways, n = x.shape[:3]
-        labels = torch.arange(ways)
-        q = n - shots
-        return (x[:, :, :shots].reshape(t, ways * shots, *x.shape[3:]), labels.repeat_interleave(shots).expand(t, -1).contiguous(),
-                x[:, :, shots:].reshape(t, ways * q, *x.shape[3:]), labels.repeat_interleave(q).expand(t, -1).contiguous())
-
     def train_batch(self, generator: torch.Generator) -> TaskBatch:
         c = self.config
         ids = fixed_task_ids(c.num_tasks, c.meta_batch, generator)
-        inst = torch.rand(len(ids), c.ways, c.train_instances, generator=generator).argsort(-1)[..., : c.shots + c.query]
-        return TaskBatch(*self._split(self._task_images(ids, inst), c.shots), ids)
+        keys = torch.rand(len(ids), c.ways, c.train_instances, generator=generator)
+        inst = keys.argsort(-1)[..., : c.shots + c.query]
+        return TaskBatch(*class_major(self._task_images(ids, inst), c.shots), ids)
 
     def train_tasks_batch(self, generator: torch.Generator) -> TaskBatch:
         """The held-out instances of every class of the M training tasks (the query set), with ids."""
         c = self.config
         ids = torch.arange(c.num_tasks)
         inst = torch.arange(c.train_instances, c.instances).expand(c.num_tasks, c.ways, -1)
-        return TaskBatch(*self._split(self._task_images(ids, inst), 0), ids)
+        return TaskBatch(*class_major(self._task_images(ids, inst), 0), ids)
 
 
 #: training labelings of digits_mtl: (name, label of each digit 0..9)
@@ -123,7 +133,8 @@ def _load_digits() -> tuple[Tensor, Tensor]:
         raise ConfigError("digits_mtl reads scikit-learn's bundled digits; install it with "
                           "`pip install metareg[digits]` (or `pip install scikit-learn`).") from None
     d = load_digits()
-    return torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0, torch.as_tensor(d.target, dtype=torch.long)
+    x = torch.as_tensor(d.images, dtype=torch.float32).unsqueeze(1) / 16.0  # values are 0..16
+    return x, torch.as_tensor(d.target, dtype=torch.long)
 
 
 class DigitsMTL(TaskDistribution):
@@ -205,8 +216,4 @@ class DigitsMTL(TaskDistribution):
                 rows.append(pool[torch.randperm(len(pool), generator=generator)[:per_class]])
             xs.append(torch.stack(rows))  # [2, per_class]
         rows = torch.stack(xs)  # [T, 2, per_class]
-        x = self.x[rows]  # [T, 2, per_class, 1, 8, 8]
-        labels = torch.arange(2)
-        k, q = c.shots, c.eval_query
-        return TaskBatch(x[:, :, :k].reshape(num_tasks, 2 * k, 1, 8, 8), labels.repeat_interleave(k).expand(num_tasks, -1).contiguous(),
-                         x[:, :, k:].reshape(num_tasks, 2 * q, 1, 8, 8), labels.repeat_interleave(q).expand(num_tasks, -1).contiguous())
+        return TaskBatch(*class_major(self.x[rows], c.shots))  # x [T, 2, per_class, 1, 8, 8]
