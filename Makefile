@@ -29,7 +29,7 @@ $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --disable-pip-version-check "$(TORCH)"
 	$(PIP) install -q --disable-pip-version-check "setuptools>=64" wheel ninja
-	MAX_JOBS=$(MAX_JOBS) $(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[test]"
+	MAX_JOBS=$(MAX_JOBS) $(PIP) install -q --disable-pip-version-check --no-build-isolation -e ".[test,digits]"
 	$(PY) -c "import metareg.ops as o; s = o.status(); print('metareg installed; extension loaded:', s['extension_loaded'])"
 	touch $(STAMP)
 
