@@ -13,6 +13,7 @@ the inner learning rate (:meth:`inner_lr`, Meta-SGD learns it) and how the meta-
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -46,8 +47,9 @@ class GradientMetaLearner(Learner):
         self.theta = nn.Parameter(self.net.init_flat(context.generator, dtype=context.dtype).to(context.device))
         self.split = self.net.offset(self.adapt_from_layer)
 
-    @property
+    @functools.cached_property
     def _vjp(self) -> bool:
+        # fixed once the backbone and the adapted range are (cached: read on every inner step)
         return self.net.transductive and self.net.has_vjp(self.adapt_from_layer)
 
     # -- the pieces subclasses override ------------------------------------------------------
@@ -119,7 +121,8 @@ class GradientMetaLearner(Learner):
         t = feats.shape[0]
         kept: dict[int, Tensor] = {}
         for k in range(1, steps + 1):
-            p = fast if fast.dim() == 2 else fast.expand(t, -1)
+            # the VJP path takes the shared start [P_a] as it is; autograd needs one row per task
+            p = fast if fast.dim() == 2 or self._vjp else fast.expand(t, -1)
             if not p.requires_grad and not self._vjp:  # autograd.grad needs a graph to start from
                 p = p.detach().requires_grad_()
                 fast = p

@@ -40,7 +40,8 @@ class Layer:
             need_input_grad: bool) -> tuple[Tensor | None, dict[str, Tensor]]:
         """Batched vector-Jacobian product: (d loss / d x, {name: d loss / d p[name]}) from
         ``grad_out`` = d loss / d out, written in differentiable ops so that second-order
-        meta-gradients flow through it.  Per-task parameters only (``p`` has a leading T)."""
+        meta-gradients flow through it.  ``p`` holds per-task tensors (leading T) or tensors
+        shared by all tasks; the parameter gradients are always per task (leading T)."""
         raise NotImplementedError
 
 
@@ -76,7 +77,9 @@ class Linear(Layer):
         grads = {"weight": torch.bmm(go.transpose(1, 2), xt), "bias": go.sum(1)}
         gx = None
         if need_input_grad:
-            gx = torch.bmm(go, p["weight"])
+            w = p["weight"]
+            # shared weights (the first inner step): one GEMM over all tasks' rows
+            gx = torch.bmm(go, w) if w.dim() == 3 else torch.matmul(go, w)
             gx = gx if flat3 else gx.view(x.shape)
         return gx, grads
 
@@ -88,8 +91,9 @@ class ReLU(Layer):
     has_vjp = True
 
     def vjp(self, p, x, out, grad_out, need_input_grad):
-        # relu' is the 0/1 mask of the output: differentiable in grad_out, constant in x (a.e.)
-        return grad_out * (out > 0).to(grad_out.dtype), {}
+        # relu' is the 0/1 mask of the output: differentiable in grad_out, constant in x (a.e.);
+        # threshold_backward is that product in one op (and is its own derivative in grad_out)
+        return torch.ops.aten.threshold_backward(grad_out, out, 0), {}
 
 
 class Flatten(Layer):
@@ -198,7 +202,9 @@ class FunctionalNet:
 
     def loss_grad(self, flat: Tensor, x: Tensor, y: Tensor, loss: str, start: int = 0) -> Tensor:
         """Per-task gradient [T, P_range] of the per-task mean ``loss`` (``mse`` or
-        ``cross_entropy``) of layers ``start:`` with per-task parameters ``flat`` [T, P_range].
+        ``cross_entropy``) of layers ``start:`` with per-task parameters ``flat`` [T, P_range],
+        or parameters [P_range] shared by all tasks (MAML's first inner step: every forward
+        and input-gradient product is then one GEMM over all tasks instead of a batched one).
 
         The inner-loop gradient of MAML-style learners, written as explicit batched
         vector-Jacobian products instead of ``autograd.grad(create_graph=True)``: the same
@@ -207,9 +213,10 @@ class FunctionalNet:
         """
         layers = self.layers[start:]
         views = self.views(flat, start)
+        batched = flat.dim() == 2
         acts = [x]
         for layer, p in zip(layers, views):
-            acts.append(layer.forward(p, acts[-1], True))
+            acts.append(layer.forward(p, acts[-1], batched))
         pred = acts[-1]
         t = pred.shape[0]
         if loss == "mse":
