@@ -4,9 +4,12 @@ Sung, Yang, Zhang, Xiang, Torr, Hospedales. Learning to Compare: Relation Networ
 Learning. CVPR 2018.  Eq. 1: r_{i,j} = g_phi(C(f(x_i), f(x_j))) with C concatenation and f the
 embedding; for K-shot the class representation is the sum of its support embeddings (section
 3.2); eq. 2: trained by mean squared error of r against 1[y_i == y_j].  The paper's relation
-module is two conv blocks and two fully connected layers on 64-channel feature maps; on 28x28
-inputs Conv4 leaves a 1x1 map, where those conv blocks reduce to fully connected layers, so
-g_phi here is an MLP on the concatenated embedding vectors (hidden width ``relation_hidden``).
+module is two conv blocks (64 channels) and two fully connected layers (8 hidden units) on the
+concatenated feature maps; on 28x28 inputs Conv4 leaves a 1x1 map, where a conv block reduces to a
+fully connected layer, so g_phi here is an MLP 2F -> ``relation_channels`` (64, standing in for
+the conv blocks) -> ``relation_hidden`` (8) -> 1.  Without the 64-wide layer (2F -> 8 -> 1) the
+module collapsed to constant scores on glyphs (its 8 ReLUs died; loss stuck at 0.16, the MSE of
+predicting 1/N everywhere).
 """
 
 import torch
@@ -19,7 +22,8 @@ from metareg.learners import EmbeddingLearner, class_means, one_hot
 
 @metareg.config
 class RelationNetConfig:
-    relation_hidden: int = metareg.param(8, "hidden width of the relation module g_phi (the paper uses 8)", ge=1)
+    relation_channels: int = metareg.param(64, "width of g_phi's first layer (the paper's conv blocks: 64)", ge=1)
+    relation_hidden: int = metareg.param(8, "width of g_phi's last hidden layer (the paper uses 8)", ge=1)
     backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
 
 
@@ -29,9 +33,9 @@ class RelationNetConfig:
 class RelationNet(EmbeddingLearner):
     def __init__(self, config, context):
         super().__init__(config, context)
-        d, h = self.feature_dim, config.relation_hidden
+        d, c, h = self.feature_dim, config.relation_channels, config.relation_hidden
         gen = context.generator
-        self.relation = nn.Sequential(nn.Linear(2 * d, h), nn.ReLU(), nn.Linear(h, 1))
+        self.relation = nn.Sequential(nn.Linear(2 * d, c), nn.ReLU(), nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 1))
         with torch.no_grad():  # seeded like every other parameter, not from the global RNG
             for p in self.relation.parameters():
                 bound = 1.0 / (p.shape[-1] ** 0.5) if p.dim() > 1 else 0.1
