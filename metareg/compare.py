@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from .errors import ConfigError
 from .plugins import PluginManager, get_manager
 from .runner import RunConfig, SECTIONS, write_json_atomic
 
@@ -182,4 +181,4 @@ def check_names(algorithms: Sequence[str], manager: PluginManager | None = None)
         spec = reg.get("algorithm", a)
         if spec.role != "learner":
             raise ConfigError(f"'{a}' is a combiner; compare learners, e.g. hard_sharing with --set "
-                              f"hard_sharing.combiner={a}." + did_you_mean(a, []))
+                              f"hard_sharing.combiner={a}.")

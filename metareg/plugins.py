@@ -16,13 +16,12 @@ import logging
 import os
 import traceback
 from collections.abc import Iterable
-from types import ModuleType
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateNameError, MetaregError, PluginError, did_you_mean
+from .errors import DuplicateNameError, PluginError, did_you_mean
 from .registry import Registry
 
 __all__ = ["PluginManager", "PluginInfo", "PluginFailure", "get_manager", "get_registry", "reset", "ENTRY_POINT_GROUP"]

@@ -207,7 +207,7 @@ class Registry:
             raise UnknownNameError(
                 f"unknown {category} '{name}'." + did_you_mean(base, known)
                 + (f" Known: {', '.join(known)}." if known else " None is registered.")
-                + f" See `metareg list`."
+                + " See `metareg list`."
             )
         if tag:
             presets = getattr(spec, "presets", {})
@@ -220,7 +220,7 @@ class Registry:
         return spec
 
     def preset(self, name: str) -> Mapping[str, Any]:
-        base, _, tag = name.partition(".")
+        tag = name.partition(".")[2]
         return self.get("algorithm", name).presets[tag] if tag else {}
 
     def list(self, category: str, pattern: str | None = None, **where: Any) -> list[Any]:

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import torch
 
 from . import __version__
-from .config import build_config, config, describe, param
+from .config import build_config, config, param
 from .errors import ConfigError, IncompatibleError, OutputError, did_you_mean
 from .evaluate import evaluate, evaluate_train_tasks
 from .learners.base import LearnerContext
@@ -374,6 +374,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     except Exception:  # noqa: BLE001
         return float("nan")
 
-
-def describe_run_config() -> list:
-    return describe(RunConfig)

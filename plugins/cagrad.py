@@ -24,7 +24,7 @@ from metareg import GramCombiner
 @metareg.config
 class CAGradConfig:
     c: float = metareg.param(0.4, "radius c of the ball around the mean gradient (paper: 0.4 on NYUv2)", ge=0)
-    max_iter: int = metareg.param(100, "cap on the projected-gradient iterations of the dual", ge=1)
+    max_iter: int = metareg.param(1000, "cap on the projected-gradient iterations of the dual (it stops earlier once stationary; near-degenerate duals need hundreds)", ge=1)
 
 
 @metareg.combiner("cagrad", family="gradient",

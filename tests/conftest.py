@@ -39,3 +39,14 @@ def f64():
     torch.set_default_dtype(torch.float64)
     yield
     torch.set_default_dtype(old)
+
+
+# Property tests draw the same examples on every run by default, so CI is reproducible; set
+# HYPOTHESIS_PROFILE=explore to search with fresh random examples (do that before changing a combiner).
+from hypothesis import settings as _hsettings  # noqa: E402
+
+_hsettings.register_profile("default", derandomize=True)
+_hsettings.register_profile("explore", derandomize=False)
+import os as _os  # noqa: E402
+
+_hsettings.load_profile(_os.environ.get("HYPOTHESIS_PROFILE", "default"))

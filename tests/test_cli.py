@@ -140,7 +140,7 @@ def test_out_must_be_new_or_empty_and_writable(tmp_path):
     afile = tmp_path / "afile"
     afile.write_text("x")
     r = invoke("run", "maml", "-b", "sinusoid", "--steps", "1", "--out", str(afile / "sub"))
-    assert r.exit_code == 2 and "not writable" in r.stderr or "not a directory" in r.stderr
+    assert r.exit_code == 2 and ("not writable" in r.stderr or "not a directory" in r.stderr)
 
 
 def test_unwritable_out_as_non_root(tmp_path):

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 
 from metareg.runner import Run
-from metareg.tasks import TaskBatch
 
 
 def _build(algo, overrides=None, bench="sinusoid"):

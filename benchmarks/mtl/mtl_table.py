@@ -38,7 +38,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     extra = {k: parse_value(v) for k, v in (kv.split("=", 1) for kv in args.set)}
-    print(f"| architecture | combiner | trained tasks | held-out, head from K | mean grad cosine | steps/s |")
+    print("| architecture | combiner | trained tasks | held-out, head from K | mean grad cosine | steps/s |")
     print("|---|---|---|---|---|---|")
     for pair in args.runs:
         algo, combiner = pair.split(":")

@@ -9,10 +9,9 @@ from pathlib import Path
 import click
 
 from ..compare import check_names, comparison_rows, split_overrides, text_table, write_report
-from ..config import load_toml
 from ..errors import ConfigError
 from ..plugins import get_manager
-from .run import parse_sets
+from .run import collect_overrides
 
 __all__ = ["compare"]
 
@@ -42,15 +41,7 @@ def compare(ctx, algorithms, bench, steps, sets, config_file, device, seed, out,
 
     manager = ctx.obj or get_manager()
     check_names(algorithms, manager)
-    overrides: dict = {}
-    if config_file is not None:
-        overrides.update(load_toml(config_file))
-    overrides.update(parse_sets(sets))
-    for key, value in (("run.steps", steps), ("run.device", device), ("run.seed", seed)):
-        if value is not None:
-            overrides[key] = value
-    if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    overrides = collect_overrides(config_file, sets, steps, device, seed)
     per_algo = split_overrides(algorithms, overrides, manager)
     out = out or Path("runs") / f"compare-{bench}-{_dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     # resolve every run before training any, so a typo in the last one costs nothing

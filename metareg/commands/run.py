@@ -13,7 +13,7 @@ from ..config import load_toml, parse_value
 from ..errors import ConfigError
 from ..plugins import get_manager
 
-__all__ = ["run_cmd", "parse_sets"]
+__all__ = ["run_cmd", "parse_sets", "collect_overrides"]
 
 
 def parse_sets(items: tuple[str, ...]) -> dict:
@@ -26,9 +26,18 @@ def parse_sets(items: tuple[str, ...]) -> dict:
     return out
 
 
-def _flatten_toml(data: dict) -> dict:
-    """TOML tables [algorithm], [benchmark], [run], [combiner] stay nested; top-level keys stay flat."""
-    return dict(data)
+def collect_overrides(config_file: Path | None, sets: tuple[str, ...], steps: int | None, device: str | None,
+                      seed: int | None) -> dict:
+    """Overrides from a TOML file (flat keys or [algorithm]/[benchmark]/[run] tables), then --set,
+    then the dedicated flags, each later source winning; shared by `run` and `compare`."""
+    if steps is not None and steps < 1:
+        raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    overrides: dict = load_toml(config_file) if config_file is not None else {}
+    overrides.update(parse_sets(sets))
+    for key, value in (("run.steps", steps), ("run.device", device), ("run.seed", seed)):
+        if value is not None:
+            overrides[key] = value
+    return overrides
 
 
 @click.command("run")
@@ -61,15 +70,7 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
         spec = manager.registry.get("algorithm", name)
         ok = [b.name for b in manager.registry.list("benchmark") if spec.requires <= b.provides]
         raise ConfigError(f"which benchmark? pass --benchmark B; {spec.name} runs on: {', '.join(ok) or 'none installed'}.")
-    overrides: dict = {}
-    if config_file is not None:
-        overrides.update(_flatten_toml(load_toml(config_file)))
-    overrides.update(parse_sets(sets))
-    for key, value in (("run.steps", steps), ("run.device", device), ("run.seed", seed)):
-        if value is not None:
-            overrides[key] = value
-    if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}.")
+    overrides = collect_overrides(config_file, sets, steps, device, seed)
     if no_save:
         out_dir = None
     elif out is not None:

@@ -208,7 +208,7 @@ class DigitsMTL(TaskDistribution):
         c = self.config
         lab = self.held_out_labelings[torch.randint(len(self.held_out_labelings), (num_tasks,), generator=generator)]
         per_class = c.shots + c.eval_query
-        xs, ys = [], []
+        xs = []
         for t in range(num_tasks):
             rows = []
             for cls in (0, 1):
