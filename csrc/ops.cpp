@@ -55,8 +55,8 @@ const char* cpu_isa() {
 PyObject* set_path_override(PyObject*, PyObject* arg) {
   const long v = PyLong_AsLong(arg);
   if (v == -1 && PyErr_Occurred()) return nullptr;
-  if (v < 0 || v > 2) {
-    PyErr_SetString(PyExc_ValueError, "path override must be 0 (auto), 1 (fused) or 2 (gemm)");
+  if (v < 0 || v > 3) {
+    PyErr_SetString(PyExc_ValueError, "path override must be 0 (auto), 1 (fused), 2 (gemm) or 3 (wide, CPU forward)");
     return nullptr;
   }
   const long old = metareg::path_override();
@@ -66,7 +66,7 @@ PyObject* set_path_override(PyObject*, PyObject* arg) {
 
 PyMethodDef methods[] = {
     {"_set_path_override", set_path_override, METH_O,
-     "Force the kernel path of pairwise_cosine (0 auto, 1 fused, 2 gemm); returns the previous value. For tests."},
+     "Force the kernel path of pairwise_cosine (0 auto, 1 fused, 2 gemm, 3 wide: CPU forward only, else gemm); returns the previous value. For tests."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", "metareg's compiled custom ops (schemas in csrc/ops.cpp).",

@@ -1,7 +1,9 @@
 """metareg.ops.pairwise_cosine against its reference, on every device and dtype with a kernel.
 
 Every kernel path is exercised on small shapes by forcing it (metareg._C._set_path_override):
-1 = the fused/direct kernel, 2 = normalise + GEMM; 0 lets the op choose.
+1 = the fused/direct kernel, 2 = normalise + GEMM, 3 = the wide kernel (CPU forward; few long rows,
+read once, products summed per chunk; other devices and the backward take the GEMM path);
+0 lets the op choose.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.skipif(extension is None, reason="metareg._C is not bui
 DEVICES = [d for d in ("cpu", "cuda") if kernels.get(d) and (d == "cpu" or torch.cuda.is_available())]
 FLOAT_DTYPES = [torch.float32, torch.float64]
 HALF_DTYPES = [torch.float16, torch.bfloat16]
-PATHS = [0, 1, 2]
+PATHS = [0, 1, 2, 3]
 
 # (B, N, M, D); B = None means 2-D inputs.  N = 1, M = 1, D = 1, D not a multiple of any vector
 # width, and a few rows more than the GEMM threshold so "auto" picks both paths.
@@ -36,7 +38,7 @@ SHAPES = [
 ]
 
 
-@pytest.fixture(params=PATHS, ids=["auto", "fused", "gemm"])
+@pytest.fixture(params=PATHS, ids=["auto", "fused", "gemm", "wide"])
 def path(request):
     old = extension._set_path_override(request.param)
     yield request.param
@@ -139,6 +141,21 @@ def test_float32_beyond_squares_range(device, path):
     want_g = _fwd_bwd(ref.pairwise_cosine, a, b, grad)[1:]
     for g, w in zip(got_g, want_g):
         torch.testing.assert_close(g.double() * 1e20, w * 1e20, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(None, 8, 8, 5000), (2, 3, 6, 4099), (None, 17, 5, 4500)], ids=str)
+def test_wide_shapes_auto(device, dtype, shape):
+    """Few long rows (the task-gradient matrices of the combiners) take the wide path on CPU when
+    N, M <= 16 and D >= 4096 (the last shape is just past the row limit: the GEMM path)."""
+    gen = torch.Generator().manual_seed(9)
+    a, b = _inputs(shape, dtype, device, gen)
+    _check_against_reference(a, b, dtype, gen)
+    torch.testing.assert_close(ops.pairwise_cosine(a), ref.pairwise_cosine(a), **_tol(dtype))
+    a[..., 1, :] = 0  # a zero row in the wide path: 0, not NaN
+    out = ops.pairwise_cosine(a)
+    assert torch.isfinite(out).all() and (out[..., 1, :] == 0).all()
 
 
 @pytest.mark.parametrize("device", DEVICES)
