@@ -153,7 +153,13 @@ class Run:
                 f"'{benchmark}' does not. Compatible benchmarks: {', '.join(ok) or 'none installed'}."
             )
         classes = {"algorithm": self.algo_spec.config, "benchmark": self.bench_spec.config, "run": RunConfig}
-        sections = resolve_overrides(dict(overrides or {}), classes)
+        # combiner.* options are resolved once the combiner's name is known (it may itself be overridden)
+        overrides = dict(overrides or {})
+        combiner_over: dict[str, Any] = {}
+        for key in [k for k in overrides if k.startswith("combiner.") or (k == "combiner" and isinstance(overrides[k], dict))]:
+            value = overrides.pop(key)
+            combiner_over.update(value if key == "combiner" else {key.partition(".")[2]: value})
+        sections = resolve_overrides(overrides, classes)
         run_over = {**self.algo_spec.run_defaults, **sections["run"]}
         algo_fields = {f.name for f in dataclasses.fields(self.algo_spec.config)}
         # a benchmark may suggest defaults (e.g. inner_lr 0.4 on images); presets and --set win
@@ -162,6 +168,16 @@ class Run:
         self.algo_config = build_config(self.algo_spec.config, algo_over, where=f"algorithm {self.algo_spec.name}")
         self.bench_config = build_config(self.bench_spec.config, sections["benchmark"], where=f"benchmark {self.bench_spec.name}")
         self.config = build_config(RunConfig, run_over, where="run")
+        self.combiner_spec = self.combiner_config = None
+        if "combiner" in algo_fields:
+            self.combiner_spec = reg.get("algorithm", self.algo_config.combiner)
+            if self.combiner_spec.role != "combiner":
+                raise ConfigError(f"'{self.algo_config.combiner}' is not a combiner; see `metareg list --kind multitask`.")
+            self.combiner_config = build_config(self.combiner_spec.config, combiner_over,
+                                                where=f"combiner {self.combiner_spec.name}")
+        elif combiner_over:
+            raise ConfigError(f"{', '.join('combiner.' + k for k in combiner_over)}: '{self.algo_spec.name}' takes no "
+                              "combiner; combiner options apply to multi-task learners (e.g. hard_sharing).")
         self.algorithm_name = algorithm
         self.out = Path(out) if out is not None else None
         self.summary: dict[str, Any] = {}
@@ -199,6 +215,7 @@ class Run:
             "algorithm_config": _config_dict(self.algo_config),
             "benchmark_config": _config_dict(self.bench_config),
             "run_config": _config_dict(self.config),
+            **({"combiner_config": _config_dict(self.combiner_config)} if self.combiner_config is not None else {}),
             "metareg_version": __version__,
             "torch_version": torch.__version__,
             "plugins": {self.algo_spec.name: f"{self.algo_spec.plugin} ({self.algo_spec.package})",
@@ -228,7 +245,8 @@ class Run:
             spec = reg.get("algorithm", name)
             if spec.role != "combiner":
                 raise ConfigError(f"'{name}' is not a combiner; see `metareg list --kind multitask`.")
-            return spec.factory(spec.config(), **extra)
+            cfg_c = self.combiner_config if spec is self.combiner_spec else spec.config()
+            return spec.factory(cfg_c, **extra)
 
         ctx = LearnerContext(task=info, make_backbone=make_backbone,
                              generator=torch.Generator().manual_seed(cfg.seed), device=self.device,

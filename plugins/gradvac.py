@@ -22,7 +22,7 @@ sqrt(1 - phi^^2).
 import torch
 
 import metareg
-from metareg import GramCombiner
+from metareg import SeededGramCombiner
 
 
 @metareg.config
@@ -34,7 +34,7 @@ class GradVacConfig:
 @metareg.combiner("gradvac", family="gradient",
                   summary="raise each pair's gradient cosine to an EMA goal (PCGrad when the goal is 0)",
                   paper="Wang et al. Gradient Vaccine. ICLR 2021", config=GradVacConfig)
-class GradVac(GramCombiner):
+class GradVac(SeededGramCombiner):
     order_invariant = False
     cosine_gram = True
 
@@ -42,7 +42,6 @@ class GradVac(GramCombiner):
         super().__init__(config or GradVacConfig(), num_tasks)
         if num_tasks is None:
             raise metareg.errors.ConfigError("gradvac keeps a similarity goal per task pair: build it with num_tasks=M.")
-        self.generator = torch.Generator().manual_seed(self.config.seed)
         self.register_buffer("goal", torch.zeros(num_tasks, num_tasks, dtype=torch.float64))
 
     def projection_order(self, t):

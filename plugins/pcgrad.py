@@ -18,7 +18,7 @@ reproducible; it is why the result depends on the order of the rows (``order_inv
 import torch
 
 import metareg
-from metareg import GramCombiner
+from metareg import SeededGramCombiner
 
 
 @metareg.config
@@ -29,13 +29,12 @@ class PCGradConfig:
 @metareg.combiner("pcgrad", family="gradient",
                   summary="project each task gradient off the normal plane of the gradients it conflicts with",
                   paper="Yu et al. Gradient Surgery for Multi-Task Learning. NeurIPS 2020", config=PCGradConfig)
-class PCGrad(GramCombiner):
+class PCGrad(SeededGramCombiner):
     order_invariant = False
     cosine_gram = True
 
     def __init__(self, config=None, num_tasks=None):
         super().__init__(config or PCGradConfig(), num_tasks)
-        self.generator = torch.Generator().manual_seed(self.config.seed)
 
     def projection_order(self, t):
         """The [T, T-1] visiting order of the next call (advances the generator)."""

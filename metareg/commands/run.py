@@ -45,7 +45,7 @@ def collect_overrides(config_file: Path | None, sets: tuple[str, ...], steps: in
 @click.option("-b", "--benchmark", "bench", metavar="B", help="benchmark to train and evaluate on (see `metareg list`)")
 @click.option("--steps", type=int, help="outer training steps (default: the algorithm's)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
-              help="override a hyperparameter; repeatable; qualify as algorithm./benchmark./run. when ambiguous")
+              help="override a hyperparameter; repeatable; qualify as algorithm./benchmark./run. when ambiguous; combiner.KEY sets an option of the multi-task combiner")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), metavar="FILE.toml",
               help="TOML file of overrides (flat keys or [algorithm]/[benchmark]/[run] tables); --set wins")
 @click.option("--device", help="cpu, cuda, cuda:1 ...")

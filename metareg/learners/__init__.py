@@ -4,6 +4,7 @@ from .base import Learner, LearnerContext
 from .combiners import (
     Combiner,
     GramCombiner,
+    SeededGramCombiner,
     gram,
     nonneg_qp,
     normalized_gram,
@@ -18,6 +19,6 @@ from .multitask import MultiTaskConfig, MultiTaskLearner, SharedEncoderLearner, 
 
 __all__ = ["Learner", "LearnerContext", "GradientMetaLearner", "GradientMetaConfig", "SharedEncoderLearner", "MultiTaskConfig", "MultiTaskLearner",
            "conflict_metrics", "feature_dim",
-           "Combiner", "GramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
+           "Combiner", "GramCombiner", "SeededGramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
            "projection_orders", "solve_spd",
            "EmbeddingLearner", "class_means", "one_hot"]

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from ..errors import IncompatibleError, ShapeError
 from ._qp import gram, nonneg_qp, normalized_gram, project_simplex, projection_orders, solve_spd
 
-__all__ = ["Combiner", "GramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
+__all__ = ["Combiner", "GramCombiner", "SeededGramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
            "projection_orders", "solve_spd"]
 
 
@@ -96,6 +96,23 @@ class GramCombiner(Combiner):
             return jacobian.mean(0)  # all-zero J: zero update; non-finite J: let the NaN show
         w = self.weights(g, scale, task_ids)
         return w.to(device=jacobian.device, dtype=jacobian.dtype) @ jacobian
+
+
+class SeededGramCombiner(GramCombiner):
+    """A Gram combiner that draws random numbers (PCGrad's and GradVac's visiting orders) from its
+    own generator, seeded by its config's ``seed``.  The generator's state travels in the learner's
+    state_dict (``_extra_state``), so a checkpoint restores the exact sequence, not only weights."""
+
+    def __init__(self, config=None, num_tasks: int | None = None) -> None:
+        super().__init__(config, num_tasks)
+        self.generator = torch.Generator().manual_seed(int(getattr(config, "seed", 0)))
+
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state) -> None:
+        if state and "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 def task_jacobian(losses: Tensor, params: Tensor, *, retain_graph: bool = True) -> Tensor:
