@@ -15,6 +15,7 @@ The random order comes from the combiner's own generator, seeded from its config
 reproducible; it is why the result depends on the order of the rows (``order_invariant = False``).
 """
 
+import numpy as np
 import torch
 
 import metareg
@@ -41,18 +42,20 @@ class PCGrad(SeededGramCombiner):
         return metareg.projection_orders(t, self.generator)
 
     def coefficients(self, g, order):
-        """C [T, T] with g_i^PC = C[i] @ J, from the (scaled) Gram matrix g and the visiting order."""
-        t = g.shape[0]
-        coef = torch.eye(t, dtype=g.dtype, device=g.device)
-        rows = torch.arange(t, device=g.device)
-        order = order.to(g.device)
-        sq = g.diagonal()
+        """C [T, T] with g_i^PC = C[i] @ J, from the (scaled) Gram matrix g and the visiting order
+        ([T, T] arithmetic in numpy: torch's per-op cost would rival a pass over J)."""
+        gn = g.detach().cpu().numpy()
+        t = gn.shape[0]
+        order = order.cpu().numpy()
+        coef = np.eye(t, dtype=gn.dtype)
+        rows = np.arange(t)
+        sq = np.diagonal(gn)
         for k in range(t - 1):
             j = order[:, k]
-            dot = (coef @ g)[rows, j]
+            dot = (coef @ gn)[rows, j]
             hit = (dot < 0) & (sq[j] > 0)
-            coef[rows, j] -= torch.where(hit, dot / sq[j].clamp_min(1e-300), 0.0)
-        return coef
+            coef[rows, j] -= np.where(hit, dot / np.maximum(sq[j], 1e-300), 0.0)
+        return torch.from_numpy(coef).to(g.device)
 
     def weights(self, gram, scale, task_ids=None):
         order = self.projection_order(gram.shape[0])  # drawn every step, conflicts or not
