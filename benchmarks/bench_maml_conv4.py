@@ -1,7 +1,7 @@
 """MAML on few-shot images: Conv4, 5-way 1-shot 15-query, 28x28x1, meta-batch 32, second order,
 one inner step of lr 0.4 (BENCHMARKS.md's setting), one full outer step including Adam.
 
-metareg's step (fast weights [32, P], grouped convolutions, hand-written batch norm) against the
+metareg's step (fast weights [32, P], grouped convolutions on channels-last activations, fused batch norm) against the
 per-task Python loop that learn2learn, higher and TorchOpt run, and against torch.func.vmap.
 Targets (issue 4): >= 2x the loop's outer steps per second on 2 CPU cores; >= 3x vmap on an H100
 with no more peak memory.

@@ -146,3 +146,96 @@ def test_backbones_are_registered(registry):
         assert spec.name == name
     net = registry.get("backbone", "resnet12").factory((3, 84, 84), 5)
     assert net.num_params > 12_000_000  # 64-160-320-640: about 12.4M
+
+
+def _reference_conv4(net, flat, x, support_size=None):
+    """One task's Conv4 forward written independently of the grouped layout: F.conv2d (with its
+    bias), the plain-torch batch_norm on [1, N, C, H, W], ReLU, then pooling."""
+    views = net.views(flat)
+    for layer, p in zip(net.layers, views):
+        if isinstance(layer, conv.ConvBlock):
+            y = F.conv2d(x, p["conv.weight"], p["conv.bias"], padding=1)
+            y = batch_norm(y[None], p["bn.weight"], p["bn.bias"], support_size=support_size)[0]
+            x = F.max_pool2d(torch.relu(y), 2)
+        elif isinstance(layer, conv.Flatten):
+            x = x.flatten(1)
+        else:
+            x = F.linear(x, p["weight"], p["bias"])
+    return x
+
+
+@pytest.mark.parametrize("chunk_bytes", [0, 1], ids=["one-chunk", "task-chunks"])
+@pytest.mark.parametrize("fmt", ["channels_last", "contiguous_format"])
+@pytest.mark.parametrize("transductive", [True, False], ids=["transductive", "support-stats"])
+def test_second_order_maml_gradient_equals_independent_reference(transductive, fmt, chunk_bytes, monkeypatch):
+    # the grouped layout, the fused batch norm with its own double backward, the dropped conv
+    # bias, pool-before-ReLU and the task chunks, against a per-task loop that uses none of them
+    monkeypatch.setattr(conv, "GROUPED_FORMAT", getattr(torch, fmt))
+    net = conv4((1, 16, 16), 3, width=4, transductive=transductive)
+    net.cpu_chunk_bytes = chunk_bytes  # 1 byte: one task per chunk
+    g = torch.Generator().manual_seed(5)
+    t, s, q = 3, 4, 6
+    theta = net.init_flat(g, dtype=D).requires_grad_()
+    with torch.no_grad():  # biases and scales away from their init, so that nothing cancels by chance
+        theta += 0.1 * torch.randn(theta.shape, generator=g, dtype=D)
+    xs, xq = torch.randn(t, s, 1, 16, 16, generator=g, dtype=D), torch.randn(t, q, 1, 16, 16, generator=g, dtype=D)
+    ys, yq = torch.randint(0, 3, (t, s), generator=g), torch.randint(0, 3, (t, q), generator=g)
+    lr = 0.3
+    sup = None if transductive else s
+
+    fast = theta.expand(t, -1)
+    (gr,) = torch.autograd.grad(_ce(net(fast, xs, support_size=sup), ys).sum(), fast, create_graph=True)
+    fast = fast - lr * gr
+    both = torch.cat([xs, xq], 1)
+    pred = net(fast, xq) if transductive else net(fast, both, support_size=s)[:, s:]
+    (meta_batched,) = torch.autograd.grad(_ce(pred, yq).mean(), theta)
+
+    meta_loop = torch.zeros_like(theta)
+    for i in range(t):
+        out = _reference_conv4(net, theta, xs[i], sup)
+        (gi,) = torch.autograd.grad(F.cross_entropy(out, ys[i]), theta, create_graph=True)
+        fi = theta - lr * gi
+        pi = _reference_conv4(net, fi, xq[i]) if transductive else _reference_conv4(net, fi, both[i], s)[s:]
+        (mi,) = torch.autograd.grad(F.cross_entropy(pi, yq[i]) / t, theta)
+        meta_loop += mi
+    assert meta_batched.abs().max() > 1e-6
+    torch.testing.assert_close(meta_batched, meta_loop, rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "contiguous_format"])
+def test_fused_batch_norm_gradcheck_to_third_order(fmt):
+    # conv._BatchNorm: fused kernels forward and backward, our own double backward
+    g = torch.Generator().manual_seed(6)
+    mf = getattr(torch, fmt)
+    x = torch.randn(3, 4, 3, 2, generator=g, dtype=D).contiguous(memory_format=mf).requires_grad_()
+    w = (1 + 0.5 * torch.randn(4, generator=g, dtype=D)).requires_grad_()
+    b = torch.randn(4, generator=g, dtype=D, requires_grad=True)
+    def fn(x, w, b):
+        return conv._BatchNorm.apply(x, w, b, 1e-5)
+
+    assert torch.autograd.gradcheck(fn, (x, w, b))
+    assert torch.autograd.gradgradcheck(fn, (x, w, b))
+    gy = torch.randn(3, 4, 3, 2, generator=g, dtype=D, requires_grad=True)
+
+    def first(x, w, b, gy):
+        return torch.autograd.grad(fn(x, w, b), (x, w, b), gy, create_graph=True)
+
+    assert torch.autograd.gradgradcheck(first, (x, w, b, gy))  # third order
+    # and the second derivatives equal F.batch_norm's
+    outs = []
+    for f in (fn, lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)):
+        gx, gw, gb = torch.autograd.grad(f(x, w, b), (x, w, b), gy, create_graph=True)
+        outs.append(torch.autograd.grad((gx**2).sum() + (gw**3).sum() + (gb * gw).sum(), (x, w, gy)))
+    for a, r in zip(*outs):
+        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
+
+
+def test_task_chunks_equal_one_chunk():
+    net = resnet12((2, 16, 16), 3, widths=(3, 4, 5, 6))
+    g = torch.Generator().manual_seed(7)
+    flat = torch.stack([net.init_flat(g, dtype=D) for _ in range(5)])
+    x = torch.randn(5, 4, 2, 16, 16, generator=g, dtype=D)
+    whole = net(flat, x)
+    net.cpu_chunk_bytes = 4 * 3 * 16 * 16 * 8 * 2  # two tasks per chunk: 2, 2, 1
+    assert net._task_chunk(x, 0, len(net.layers)) == 2
+    torch.testing.assert_close(net(flat, x), whole, rtol=1e-12, atol=1e-12)
