@@ -29,6 +29,9 @@ TORCH_LIBRARY(metareg, m) {
   m.def("pairwise_cosine(Tensor a, Tensor b, float eps=1e-08) -> Tensor");
   // Gradients of pairwise_cosine with respect to a and b, given the gradient of its output.
   m.def("pairwise_cosine_backward(Tensor grad, Tensor a, Tensor b, float eps) -> (Tensor, Tensor)");
+  // pairwise_cosine(a, a) and the row norms |a| [B, N] (unclamped) in one call; forward only, CPU
+  // only (the combiners' [T, P] task-gradient matrices; other devices compose the two).
+  m.def("pairwise_cosine_norms(Tensor a, float eps=1e-08) -> (Tensor, Tensor)");
   // params [P] or [T, P], grads [T, P] -> params - lr * grads, [T, P].
   m.def("task_step(Tensor params, Tensor grads, float lr) -> Tensor");
   // Same with a tensor lr of shape [], [P] (Meta-SGD) or [T, P].

@@ -28,6 +28,7 @@ namespace {
 
 constexpr const char* kFwd = "metareg::pairwise_cosine";
 constexpr const char* kBwd = "metareg::pairwise_cosine_backward";
+constexpr const char* kNorms = "metareg::pairwise_cosine_norms";
 
 // Rows [r0, r1) of x (row length D): xhat = x / max(|x|, eps), inv = 1 / max(|x|, eps),
 // unclamped = |x| >= eps (the rows whose norm carries gradient, as with clamp_min's backward).
@@ -273,12 +274,13 @@ METAREG_CLONES void wide_chunk(const T* a, const T* b, T* part, bool same, int64
   }
 }
 
-// Returns false (out untouched) when a product or square sum overflowed T, or a nonzero square sum
-// is too small for T's products to keep their precision (|row| < ~1e-10 in float32): the caller
-// then takes the normalise-first path, which handles any magnitude.
+// Returns false (out untouched) when a product or square sum overflowed T, or a square sum is too
+// small for T's products to keep their precision (|row| < ~1e-10 in float32, including rows whose
+// squares all underflowed to 0, and zero rows): the caller then takes the normalise-first path,
+// which handles any magnitude.
 template <typename T>
 bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool same, const CosineDims& d,
-                  double eps) {
+                  double eps, at::Tensor* norms = nullptr) {
   const int64_t chunks = (d.D + kWideChunk - 1) / kWideChunk;
   const int64_t W = d.N * d.M + d.N + d.M;
   std::vector<T> parts(static_cast<size_t>(d.B * chunks * W), T(0));
@@ -302,13 +304,17 @@ bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, boo
     }
     for (int64_t w = 0; w < W; ++w) {
       if (!std::isfinite(s[w])) return false;
-      if (w >= d.N * d.M && s[w] > 0 && s[w] < tiny) return false;
+      if (w >= d.N * d.M && s[w] < tiny) return false;  // also 0: a zero row, or squares that all underflowed
     }
   }
   T* op = out.data_ptr<T>();
+  T* np = norms ? norms->data_ptr<T>() : nullptr;
   for (int64_t k = 0; k < d.B; ++k) {
     const double* s = sums.data() + k * W;
     const double* sq_a = s + d.N * d.M;
+    if (np) {
+      for (int64_t i = 0; i < d.N; ++i) np[k * d.N + i] = static_cast<T>(std::sqrt(sq_a[i]));
+    }
     const double* sq_b = same ? sq_a : sq_a + d.N;
     for (int64_t i = 0; i < d.N; ++i) {
       const double ia = 1.0 / std::max(std::sqrt(sq_a[i]), eps);
@@ -379,6 +385,30 @@ at::Tensor pairwise_cosine_cpu(const at::Tensor& a_in, const at::Tensor& b_in, d
   return out;
 }
 
+// pairwise_cosine(a, a) and the row norms |a_i| (unclamped) together: the wide path has both after
+// its one read of a (the combiners need the norms to turn cosines back into inner products);
+// other shapes pay one more read for the norms.
+std::tuple<at::Tensor, at::Tensor> pairwise_cosine_norms_cpu(const at::Tensor& a_in, double eps) {
+  const CosineDims d = check_pairwise_cosine(kNorms, a_in, a_in, /*allow_half=*/false);
+  TORCH_CHECK(a_in.device().is_cpu(), kNorms, ": CPU kernel called with a tensor on ", a_in.device());
+  const at::Tensor a = a_in.contiguous();
+  std::vector<int64_t> norm_shape = a.dim() == 3 ? std::vector<int64_t>{d.B, d.N} : std::vector<int64_t>{d.N};
+  at::Tensor norms = at::empty(norm_shape, a.options());
+  if (d.D > 0 && d.N > 0 && use_wide(d)) {
+    std::vector<int64_t> out_shape = a.dim() == 3 ? std::vector<int64_t>{d.B, d.N, d.N} : std::vector<int64_t>{d.N, d.N};
+    at::Tensor out = at::empty(out_shape, a.options());
+    bool done = false;
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kNorms, [&] {
+      done = wide_forward<scalar_t>(a, a, out, /*same=*/true, d, eps, &norms);
+    });
+    if (done) return {out, norms};
+  }
+  at::Tensor out = pairwise_cosine_cpu(a, a, eps);
+  // accumulated in double, like the kernels' norms: float32 squares overflow above |x| ~ 1e19
+  norms.copy_(at::linalg_vector_norm(a, 2, {-1}, false, at::kDouble));
+  return {out, norms};
+}
+
 std::tuple<at::Tensor, at::Tensor> pairwise_cosine_backward_cpu(const at::Tensor& grad_in, const at::Tensor& a_in,
                                                                 const at::Tensor& b_in, double eps) {
   const CosineDims d = check_pairwise_cosine_backward(kBwd, grad_in, a_in, b_in, /*allow_half=*/false);
@@ -443,4 +473,5 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_backward_cpu(const at::Tensor
 TORCH_LIBRARY_IMPL(metareg, CPU, m) {
   m.impl("pairwise_cosine", &metareg::pairwise_cosine_cpu);
   m.impl("pairwise_cosine_backward", &metareg::pairwise_cosine_backward_cpu);
+  m.impl("pairwise_cosine_norms", &metareg::pairwise_cosine_norms_cpu);
 }

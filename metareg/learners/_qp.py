@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeError
-from ..ops import pairwise_cosine
+from ..ops import _fallback_reason, pairwise_cosine_norms
 
 __all__ = ["gram", "normalized_gram", "nonneg_qp", "project_simplex", "projection_orders", "solve_spd"]
 
@@ -44,13 +44,22 @@ def gram(jacobian: Tensor) -> Tensor:
 
 
 def _raw_gram(jacobian: Tensor, cosine: bool, eps: float) -> Tensor:
-    if not cosine:
+    if not cosine and not _wide(jacobian):
         return gram(jacobian)
     # The cosine op normalises each row by max(|row|, eps); multiplying back by the same clamped
     # norms recovers the exact inner products, also for rows shorter than eps (zero rows give 0).
-    cos = pairwise_cosine(jacobian, jacobian, eps)
-    norms = torch.linalg.vector_norm(jacobian, dim=1).clamp_min(eps)
+    # For a short, wide J on CPU the op's wide kernel returns cosines and norms from one read of J,
+    # faster than the blocked J @ J.T even where no cosine is wanted.
+    cos, norms = pairwise_cosine_norms(jacobian, eps)
+    norms = norms.clamp_min(eps)
     return cos * norms[:, None] * norms[None, :]
+
+
+def _wide(jacobian: Tensor) -> bool:
+    """A [T, P] matrix the compiled wide kernel reads once (CPU, T <= 16, P >= 4096)."""
+    t, p = jacobian.shape
+    return (jacobian.device.type == "cpu" and t <= 16 and p >= 4096 and not jacobian.requires_grad
+            and _fallback_reason(jacobian) is None)
 
 
 def normalized_gram(jacobian: Tensor, *, cosine: bool = False, eps: float = 1e-8) -> tuple[Tensor, float]:

@@ -20,7 +20,7 @@ from ..errors import ShapeError
 from . import _reference
 from ._registration import DISABLE_ENV, extension, kernels, load_reason
 
-__all__ = ["pairwise_cosine", "task_step", "status"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "task_step", "status"]
 
 # Element types each backend's kernels take; other floating types use the reference.
 _KERNEL_DTYPES = {
@@ -90,6 +90,24 @@ def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Te
         return _ops.pairwise_cosine.default(a, b, eps)
     _warn_once(reason)
     return _reference.pairwise_cosine(a, b, eps)
+
+
+def pairwise_cosine_norms(a: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """``pairwise_cosine(a)`` and the row norms of ``a`` from one call: ``(cos, norms)`` with cos
+    [B, N, N] (or [N, N]) and norms [B, N] (or [N]), unclamped.
+
+    For the multi-task combiners, which need the inner products of the task gradients
+    ``G = cos * max(n_i, eps) * max(n_j, eps)`` as well as their cosines: on CPU, for few long rows
+    (the [T, P] task-gradient matrix), the compiled kernel reads ``a`` once for both.  Elsewhere
+    (other shapes, CUDA, no extension, or inputs that need a gradient: this is a forward-only
+    op) it is ``pairwise_cosine(a)`` plus one ``torch.linalg.vector_norm``.
+    """
+    _check_cosine(a, a)
+    if (_fallback_reason(a) is None and a.device.type == "cpu"
+            and not (a.requires_grad and torch.is_grad_enabled())):
+        return _ops.pairwise_cosine_norms.default(a, eps)
+    # norms accumulated in float64 (float32 squares overflow above |x| ~ 1e19), as the kernel does
+    return pairwise_cosine(a, a, eps), torch.linalg.vector_norm(a, dim=-1, dtype=torch.float64).to(a.dtype)
 
 
 def _check_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> None:
@@ -179,5 +197,17 @@ def status() -> dict:
         "build": build,
         "runtime": {"torch_version": torch.__version__, "cuda_available": torch.cuda.is_available(),
                     "threads": torch.get_num_threads()},
-        "ops": {op: {dev: dict(v) for dev, v in per_device.items()} for op in ("pairwise_cosine", "task_step")},
+        "ops": {**{op: {dev: dict(v) for dev, v in per_device.items()} for op in ("pairwise_cosine", "task_step")},
+                "pairwise_cosine_norms": _norms_implementation(per_device)},
     }
+
+
+def _norms_implementation(per_device: dict) -> dict:
+    """pairwise_cosine_norms: the CPU kernel where it is compiled, else its two halves."""
+    composed = {"implementation": "composed", "why": "pairwise_cosine (as above) + torch.linalg.vector_norm"}
+    cpu = dict(per_device["cpu"])
+    if cpu["implementation"] == "compiled":
+        cpu["why"] = "C++ kernel: one read of a for cosines and norms (wide path), else composed"
+    else:
+        cpu = composed
+    return {"cpu": cpu, "cuda": composed}

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pairwise_cosine", "pairwise_cosine_backward", "task_step", "task_step_backward"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "pairwise_cosine_backward", "task_step", "task_step_backward"]
 
 
 def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
@@ -29,6 +29,13 @@ def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Te
     na = a.norm(dim=-1, keepdim=True).clamp_min(eps)
     nb = b.norm(dim=-1, keepdim=True).clamp_min(eps)
     return torch.matmul(a / na, (b / nb).transpose(-1, -2))
+
+
+def pairwise_cosine_norms(a: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]:
+    """``(pairwise_cosine(a, a, eps), |a_i|)``: the cosines within ``a`` [B, N, D] (or [N, D]) and
+    the unclamped row norms [B, N] (or [N]), so that ``cos * max(n_i, eps) * max(n_j, eps)`` is the
+    Gram matrix ``a a^T``."""
+    return pairwise_cosine(a, a, eps), torch.linalg.vector_norm(a, dim=-1)
 
 
 def _normalized(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:

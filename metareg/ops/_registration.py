@@ -60,6 +60,10 @@ def _register() -> None:
         return (torch.empty_like(a, memory_format=torch.contiguous_format),
                 torch.empty_like(b, memory_format=torch.contiguous_format))
 
+    @torch.library.register_fake(lib + "pairwise_cosine_norms")
+    def _(a, eps=1e-8):
+        return a.new_empty((*a.shape[:-1], a.shape[-2])), a.new_empty(a.shape[:-1])
+
     @torch.library.register_fake(lib + "task_step")
     def _(params, grads, lr):
         return grads.new_empty(grads.shape)

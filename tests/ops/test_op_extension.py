@@ -47,7 +47,8 @@ print(json.dumps({"status": ops.status(), "warnings": [str(w.message) for w in c
     assert out["status"]["extension_loaded"] is False
     assert DISABLE_ENV in out["status"]["reason"]
     assert not out["C_imported"]
-    assert all(v["implementation"] == "reference" for op in out["status"]["ops"].values() for v in op.values())
+    assert all(v["implementation"] in ("reference", "composed") for op in out["status"]["ops"].values() for v in op.values())
+    assert out["status"]["ops"]["pairwise_cosine"]["cpu"]["implementation"] == "reference"
     assert len(out["warnings"]) == 1 and "reference" in out["warnings"][0]
 
 
@@ -71,7 +72,7 @@ def test_ops_command_text_and_json():
     res = CliRunner().invoke(ops, ["--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data["ops"]) == {"pairwise_cosine", "task_step"}
+    assert set(data["ops"]) == {"pairwise_cosine", "pairwise_cosine_norms", "task_step"}
     res = CliRunner().invoke(ops, [])
     assert res.exit_code == 0
     assert "pairwise_cosine" in res.output and "task_step" in res.output

@@ -265,3 +265,50 @@ def test_cpu_half_uses_reference_with_one_warning(recwarn):
     msgs = [w for w in recwarn.list if "reference" in str(w.message)]
     assert len(msgs) == 1 and "bfloat16" in str(msgs[0].message)
     torch.testing.assert_close(out, ref.pairwise_cosine(a))
+
+
+# -- pairwise_cosine_norms: cosines within a and its row norms from one call ---------------------
+
+@pytest.mark.parametrize("dtype", FLOAT_DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(None, 8, 8, 5000), (2, 3, 3, 4099), (None, 5, 5, 7), (2, 17, 17, 4100)], ids=str)
+def test_pairwise_cosine_norms_matches_reference(dtype, shape, path):
+    gen = torch.Generator().manual_seed(11)
+    a, _ = _inputs(shape, dtype, "cpu", gen)
+    a[..., 1, :] = 0  # a zero row: cosine 0, norm 0
+    cos, norms = ops.pairwise_cosine_norms(a)
+    want_cos, want_norms = ref.pairwise_cosine_norms(a.double())
+    assert cos.dtype == norms.dtype == dtype
+    assert cos.shape == want_cos.shape and norms.shape == want_norms.shape
+    torch.testing.assert_close(cos.double(), want_cos, **_tol(dtype))
+    torch.testing.assert_close(norms.double(), want_norms, **_tol(dtype))
+    # the Gram matrix comes back exactly as the combiners rebuild it
+    nc = norms.double().clamp_min(1e-8)
+    gram = a.double() @ a.double().transpose(-1, -2)
+    torch.testing.assert_close(cos.double() * nc[..., :, None] * nc[..., None, :], gram,
+                               rtol=_tol(dtype)["rtol"], atol=_tol(dtype)["atol"] * float(gram.abs().max()))
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-25], ids=lambda s: f"{s:g}")
+def test_pairwise_cosine_norms_outside_float32_squares(scale):
+    # float32 squares overflow (1e20) or underflow (1e-25): the wide kernel hands over to the
+    # normalise-first path and the norms come from vector_norm; both stay right
+    gen = torch.Generator().manual_seed(12)
+    a64 = torch.randn(6, 5000, generator=gen, dtype=torch.float64) * scale
+    cos, norms = ops.pairwise_cosine_norms(a64.float())
+    want_cos, want_norms = ref.pairwise_cosine_norms(a64)
+    torch.testing.assert_close(cos.double(), want_cos, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(norms.double(), want_norms, rtol=1e-4, atol=0.0)
+
+
+def test_pairwise_cosine_norms_opcheck_and_grad_fallback():
+    gen = torch.Generator().manual_seed(13)
+    a = torch.randn(3, 4, 4500, generator=gen)
+    torch.library.opcheck(torch.ops.metareg.pairwise_cosine_norms.default, (a, 1e-8))
+    torch.library.opcheck(torch.ops.metareg.pairwise_cosine_norms.default, (a[0, :, :9], 1e-6))
+    # the op is forward-only; an input that needs a gradient takes the differentiable composition
+    x = a[0].double().requires_grad_()
+    cos, norms = ops.pairwise_cosine_norms(x)
+    (cos.sum() + norms.sum()).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    with pytest.raises(ShapeError, match="pairwise_cosine"):
+        ops.pairwise_cosine_norms(torch.randn(5))
