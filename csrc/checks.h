@@ -2,6 +2,8 @@
 // with the same message: the op's name, what was expected, and the shapes that came.
 #pragma once
 
+#include <atomic>
+
 #include <ATen/ATen.h>
 
 #include <cstdint>
@@ -11,6 +13,9 @@ namespace metareg {
 // Which kernel path an op takes; tests set it to exercise every path on small shapes.
 // 0 = choose by shape, 1 = fused/direct kernel, 2 = normalize + GEMM.  Defined in ops.cpp.
 int& path_override();
+// How often the CPU wide path of pairwise_cosine handed an input over to the normalise-first path
+// (overflow, tiny or zero rows); a test reads it to check the fast path is really taken.
+std::atomic<int64_t>& wide_fallbacks();
 
 struct CosineDims {
   int64_t B, N, M, D;

@@ -22,6 +22,11 @@ int& path_override() {
   return value;
 }
 
+std::atomic<int64_t>& wide_fallbacks() {
+  static std::atomic<int64_t> count{0};
+  return count;
+}
+
 }  // namespace metareg
 
 TORCH_LIBRARY(metareg, m) {
@@ -67,7 +72,13 @@ PyObject* set_path_override(PyObject*, PyObject* arg) {
   return PyLong_FromLong(old);
 }
 
+PyObject* get_wide_fallbacks(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(static_cast<long long>(metareg::wide_fallbacks().load()));
+}
+
 PyMethodDef methods[] = {
+    {"_wide_fallbacks", get_wide_fallbacks, METH_NOARGS,
+     "How many pairwise_cosine calls left the CPU wide path for the normalise-first one. For tests."},
     {"_set_path_override", set_path_override, METH_O,
      "Force the kernel path of pairwise_cosine (0 auto, 1 fused, 2 gemm, 3 wide: CPU forward only, else gemm); returns the previous value. For tests."},
     {nullptr, nullptr, 0, nullptr}};

@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <type_traits>
@@ -302,9 +303,14 @@ bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, boo
       const T* p = pp + (k * chunks + c) * W;
       for (int64_t w = 0; w < W; ++w) s[w] += static_cast<double>(p[w]);
     }
-    for (int64_t w = 0; w < W; ++w) {
-      if (!std::isfinite(s[w])) return false;
-      if (w >= d.N * d.M && s[w] < tiny) return false;  // also 0: a zero row, or squares that all underflowed
+    // with same, the M slots of b's square sums are unused (the diagonal holds them)
+    const int64_t used = same ? d.N * d.M + d.N : W;
+    for (int64_t w = 0; w < used; ++w) {
+      // also 0: a zero row, or a row whose squares all underflowed
+      if (!std::isfinite(s[w]) || (w >= d.N * d.M && s[w] < tiny)) {
+        wide_fallbacks().fetch_add(1, std::memory_order_relaxed);
+        return false;
+      }
     }
   }
   T* op = out.data_ptr<T>();

@@ -312,3 +312,23 @@ def test_pairwise_cosine_norms_opcheck_and_grad_fallback():
     assert x.grad is not None and torch.isfinite(x.grad).all()
     with pytest.raises(ShapeError, match="pairwise_cosine"):
         ops.pairwise_cosine_norms(torch.randn(5))
+
+
+def test_wide_path_is_taken_and_left_only_when_it_must():
+    # a performance guard: a wrong check once sent every self-similarity call to the slow path
+    # (results stayed right, the combiners got 30x slower)
+    gen = torch.Generator().manual_seed(14)
+    a = torch.randn(8, 5000, generator=gen)
+    b = torch.randn(5, 5000, generator=gen)
+    before = extension._wide_fallbacks()
+    ops.pairwise_cosine(a)
+    ops.pairwise_cosine(a, b)
+    ops.pairwise_cosine_norms(a)
+    ops.pairwise_cosine(a.double())
+    assert extension._wide_fallbacks() == before
+    ops.pairwise_cosine(a * 1e20)  # float32 squares overflow
+    assert extension._wide_fallbacks() == before + 1
+    z = a.clone()
+    z[3] = 0
+    ops.pairwise_cosine_norms(z)  # a zero row
+    assert extension._wide_fallbacks() > before + 1
