@@ -46,9 +46,10 @@ __all__ = ["MultiTaskConfig", "MultiTaskLearner", "SharedEncoderLearner", "TaskN
 
 #: The log costs: on sinusoid_mtl (hard sharing, 20 tasks, 1 thread) the task Jacobian and its
 #: cosine cost about 5.5x a plain summed-loss step (loss-weighting combiners do not need the
-#: Jacobian otherwise), and even where a gradient combiner has the Jacobian anyway, the cosine of a
-#: short, wide [3, 82k] Jacobian through metareg.ops.pairwise_cosine takes ~0.75 ms, ~18% of the
-#: hard-sharing PCGrad step of shared/BENCHMARKS.md.  The runner writes metrics.jsonl only every
+#: Jacobian otherwise); where a gradient combiner has the Jacobian anyway, the cosine of the short,
+#: wide [3, 82k] Jacobian of the hard-sharing model of shared/BENCHMARKS.md costs ~60 us through
+#: metareg.ops.pairwise_cosine's wide CPU path (~0.75 ms before it), ~2% of that PCGrad step.  The
+#: runner writes metrics.jsonl only every
 #: ``log_every`` (default 10) steps, so the log is computed every 10 steps by default: every written
 #: line has it; ``conflict_every=1`` (with ``log_every=1``) records every step.
 DEFAULT_CONFLICT_EVERY = 10
