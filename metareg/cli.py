@@ -63,7 +63,7 @@ def make_cli(manager=None) -> click.Group:
 
     for cmd in (list_cmd, info_cmd, plugins_cmd, run_cmd):
         cli.add_command(cmd)
-    for module, name in (("ops", "ops"), ("bench", "bench"), ("compare", "compare")):
+    for module, name in (("ops", "ops"), ("bench", "bench"), ("compare", "compare"), ("evaluate", "eval_cmd")):
         try:
             mod = __import__(f"metareg.commands.{module}", fromlist=[name])
         except ImportError:

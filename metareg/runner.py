@@ -217,7 +217,7 @@ class Run:
             "run_config": _config_dict(self.config),
             **({"combiner_config": _config_dict(self.combiner_config)} if self.combiner_config is not None else {}),
             "metareg_version": __version__,
-            "torch_version": torch.__version__,
+            "torch_version": str(torch.__version__),  # a plain str: checkpoints load with weights_only=True
             "plugins": {self.algo_spec.name: f"{self.algo_spec.plugin} ({self.algo_spec.package})",
                         self.bench_spec.name: f"{self.bench_spec.plugin} ({self.bench_spec.package})"},
         }
@@ -392,3 +392,52 @@ def _peak_memory_mb(device: torch.device) -> float:
     except Exception:  # noqa: BLE001
         return float("nan")
 
+
+
+#: what `metareg eval` may change about a saved run without invalidating its checkpoint
+EVAL_KEYS = ("eval_steps", "eval_tasks", "eval_chunk", "device")
+
+
+def load_run(folder: str | Path, overrides: Mapping[str, Any] | None = None, *,
+             manager: PluginManager | None = None) -> Run:
+    """Rebuild a finished (or interrupted) run from its folder: the configuration in
+    ``config.json``, the learner's state from ``checkpoint.pt``.  ``overrides`` may change only
+    how it is evaluated (``run.eval_steps``, ``run.eval_tasks``, ``run.eval_chunk``,
+    ``run.device``).  The returned run is built; ``run.checkpoint_step`` is the step it was saved at.
+    """
+    folder = Path(folder)
+    cfg_path, ckpt = folder / "config.json", folder / "checkpoint.pt"
+    if not folder.is_dir():
+        raise OutputError(f"run folder {folder} does not exist.")
+    for p in (cfg_path, ckpt):
+        if not p.is_file():
+            raise OutputError(f"{p} is missing: a run folder written by `metareg run` holds config.json and "
+                              "checkpoint.pt (a run with --no-save writes none).")
+    try:
+        saved = json.loads(cfg_path.read_text())
+        algorithm, benchmark = saved["algorithm"], saved["benchmark"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise OutputError(f"{cfg_path} is not a metareg run configuration ({type(e).__name__}: {e}).") from None
+    over: dict[str, Any] = {}
+    for section, key in (("algorithm", "algorithm_config"), ("benchmark", "benchmark_config"),
+                         ("run", "run_config"), ("combiner", "combiner_config")):
+        for k, v in (saved.get(key) or {}).items():
+            over[f"{section}.{k}"] = v
+    for key, value in (overrides or {}).items():
+        name = key.removeprefix("run.")
+        if name not in EVAL_KEYS:
+            raise ConfigError(f"'{key}' cannot change for a saved run; `metareg eval` sets only "
+                              + ", ".join(EVAL_KEYS) + " (train a new run for anything else).")
+        over[f"run.{name}"] = value
+    run = Run(algorithm, benchmark, over, manager=manager)
+    run.build()
+    try:
+        # TorchVersion: checkpoints written before the config stored the version as a plain str
+        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
+            state = torch.load(ckpt, map_location=run.device, weights_only=True)
+        run.learner.load_state_dict(state["learner"])
+    except Exception as e:  # noqa: BLE001 - a torn or foreign file: say which and why
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise OutputError(f"cannot restore {ckpt}: {first}") from None
+    run.checkpoint_step = int(state.get("step", 0))
+    return run
