@@ -51,18 +51,19 @@ METAREG_CLONES void normalize_rows(const T* x, T* xhat, T* inv, uint8_t* unclamp
   }
 }
 
-// out[j] = <x, Y[j]> for j < M, four rows of Y per sweep so x is loaded once per four products.
+// out[j] = <x, Y[j]> for j < M over len elements, rows of Y `stride` apart, four rows per sweep
+// (x is loaded once per four products).
 template <typename T>
-inline void dot_many(const T* x, const T* Y, T* out, int64_t M, int64_t D) {
+__attribute__((always_inline)) inline void dot_many_strided(const T* x, const T* Y, int64_t stride, T* out, int64_t M, int64_t len) {
   int64_t j = 0;
   for (; j + 4 <= M; j += 4) {
-    const T* y0 = Y + j * D;
-    const T* y1 = y0 + D;
-    const T* y2 = y1 + D;
-    const T* y3 = y2 + D;
+    const T* y0 = Y + j * stride;
+    const T* y1 = y0 + stride;
+    const T* y2 = y1 + stride;
+    const T* y3 = y2 + stride;
     T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
     METAREG_SIMD_REDUCE(s0, s1, s2, s3)
-    for (int64_t d = 0; d < D; ++d) {
+    for (int64_t d = 0; d < len; ++d) {
       const T xv = x[d];
       s0 += xv * y0[d];
       s1 += xv * y1[d];
@@ -75,10 +76,10 @@ inline void dot_many(const T* x, const T* Y, T* out, int64_t M, int64_t D) {
     out[j + 3] = s3;
   }
   for (; j < M; ++j) {
-    const T* y = Y + j * D;
+    const T* y = Y + j * stride;
     T s = 0;
     METAREG_SIMD_REDUCE(s)
-    for (int64_t d = 0; d < D; ++d) s += x[d] * y[d];
+    for (int64_t d = 0; d < len; ++d) s += x[d] * y[d];
     out[j] = s;
   }
 }
@@ -102,7 +103,7 @@ METAREG_CLONES void forward_rows(const T* a, const T* ah, const T* bh, T* out, T
       for (int64_t d = 0; d < D; ++d) buf[d] = x[d] * iv;
       row = buf;
     }
-    dot_many(row, bh + (r / N) * M * D, out + r * M, M, D);
+    dot_many_strided(row, bh + (r / N) * M * D, D, out + r * M, M, D);
   }
 }
 
@@ -183,38 +184,6 @@ bool use_wide(const CosineDims& d) {
   const int o = path_override();
   if (o != 0) return o == 3;
   return d.N <= 16 && d.M <= 16 && d.D >= 4096;
-}
-
-// out[j] = <x, Y[j]> for j < M over len elements, rows of Y `stride` apart, four rows per sweep.
-template <typename T>
-__attribute__((always_inline)) inline void dot_many_strided(const T* x, const T* Y, int64_t stride, T* out, int64_t M, int64_t len) {
-  int64_t j = 0;
-  for (; j + 4 <= M; j += 4) {
-    const T* y0 = Y + j * stride;
-    const T* y1 = y0 + stride;
-    const T* y2 = y1 + stride;
-    const T* y3 = y2 + stride;
-    T s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    METAREG_SIMD_REDUCE(s0, s1, s2, s3)
-    for (int64_t d = 0; d < len; ++d) {
-      const T xv = x[d];
-      s0 += xv * y0[d];
-      s1 += xv * y1[d];
-      s2 += xv * y2[d];
-      s3 += xv * y3[d];
-    }
-    out[j] = s0;
-    out[j + 1] = s1;
-    out[j + 2] = s2;
-    out[j + 3] = s3;
-  }
-  for (; j < M; ++j) {
-    const T* y = Y + j * stride;
-    T s = 0;
-    METAREG_SIMD_REDUCE(s)
-    for (int64_t d = 0; d < len; ++d) s += x[d] * y[d];
-    out[j] = s;
-  }
 }
 
 // Products of rows a_i, i in [i0, i0 + 4), with rows b_j, j in [j0, j0 + 4), over len elements:
@@ -355,7 +324,8 @@ void normalize_all(const at::Tensor& x, at::Tensor& xhat, at::Tensor* inv, at::T
 
 at::Tensor transpose_last(const at::Tensor& t) { return t.transpose(-1, -2); }
 
-at::Tensor pairwise_cosine_cpu(const at::Tensor& a_in, const at::Tensor& b_in, double eps) {
+// try_wide = false: the caller already tried the wide path on these inputs and it handed them over.
+at::Tensor cosine_forward(const at::Tensor& a_in, const at::Tensor& b_in, double eps, bool try_wide) {
   const CosineDims d = check_pairwise_cosine(kFwd, a_in, b_in, /*allow_half=*/false);
   TORCH_CHECK(a_in.device().is_cpu(), kFwd, ": CPU kernel called with a tensor on ", a_in.device());
   const bool same = a_in.is_same(b_in);
@@ -366,7 +336,7 @@ at::Tensor pairwise_cosine_cpu(const at::Tensor& a_in, const at::Tensor& b_in, d
   if (out.numel() == 0) return out;
   if (d.D == 0) return out.zero_();
   AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kFwd, [&] {
-    if (use_wide(d) && wide_forward<scalar_t>(a, b, out, same, d, eps)) return;
+    if (try_wide && use_wide(d) && wide_forward<scalar_t>(a, b, out, same, d, eps)) return;
     at::Tensor bh = at::empty_like(b);
     normalize_all<scalar_t>(b, bh, nullptr, nullptr, d.D, eps);
     if (use_gemm(d)) {
@@ -391,6 +361,10 @@ at::Tensor pairwise_cosine_cpu(const at::Tensor& a_in, const at::Tensor& b_in, d
   return out;
 }
 
+at::Tensor pairwise_cosine_cpu(const at::Tensor& a, const at::Tensor& b, double eps) {
+  return cosine_forward(a, b, eps, /*try_wide=*/true);
+}
+
 // pairwise_cosine(a, a) and the row norms |a_i| (unclamped) together: the wide path has both after
 // its one read of a (the combiners need the norms to turn cosines back into inner products);
 // other shapes pay one more read for the norms.
@@ -400,7 +374,8 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_norms_cpu(const at::Tensor& a
   const at::Tensor a = a_in.contiguous();
   std::vector<int64_t> norm_shape = a.dim() == 3 ? std::vector<int64_t>{d.B, d.N} : std::vector<int64_t>{d.N};
   at::Tensor norms = at::empty(norm_shape, a.options());
-  if (d.D > 0 && d.N > 0 && use_wide(d)) {
+  const bool wide = d.D > 0 && d.N > 0 && use_wide(d);
+  if (wide) {
     std::vector<int64_t> out_shape = a.dim() == 3 ? std::vector<int64_t>{d.B, d.N, d.N} : std::vector<int64_t>{d.N, d.N};
     at::Tensor out = at::empty(out_shape, a.options());
     bool done = false;
@@ -409,7 +384,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_norms_cpu(const at::Tensor& a
     });
     if (done) return {out, norms};
   }
-  at::Tensor out = pairwise_cosine_cpu(a, a, eps);
+  at::Tensor out = cosine_forward(a, a, eps, /*try_wide=*/!wide);
   // accumulated in double, like the kernels' norms: float32 squares overflow above |x| ~ 1e19
   norms.copy_(at::linalg_vector_norm(a, 2, {-1}, false, at::kDouble));
   return {out, norms};

@@ -132,13 +132,8 @@ def solve_spd(m: Tensor, rhs: Tensor) -> Tensor:
     t = m.shape[-1]
     if m.device.type == "cpu" and not (m.requires_grad or rhs.requires_grad):
         # the same elimination in numpy: a [T, T] solve is ~30 tiny ops, and numpy's per-op cost
-        # (~1 us) is a fifth of torch's dispatch; MGDA's whole active-set solve drops ~3x
-        a = np.concatenate([m.numpy(), rhs.to(m.dtype).numpy()], -1)
-        for k in range(t):
-            row = a[:, k : k + 1, :] / a[:, k : k + 1, k : k + 1]
-            a -= a[:, :, k : k + 1] * row
-            a[:, k : k + 1, :] = row
-        return torch.from_numpy(np.ascontiguousarray(a[:, :, t:]))
+        # (~1 us) is a fifth of torch's dispatch
+        return torch.from_numpy(_solve_spd_numpy(m.numpy(), rhs.to(m.dtype).numpy()))
     a = torch.cat([m, rhs], -1)
     for k in range(t):
         row = a[:, k : k + 1, :] / a[:, k : k + 1, k : k + 1]
@@ -147,20 +142,31 @@ def solve_spd(m: Tensor, rhs: Tensor) -> Tensor:
     return a[:, :, t:]
 
 
-def _subproblem(a: Tensor, c: Tensor, free: Tensor, simplex: bool) -> Tensor:
+def _solve_spd_numpy(m: np.ndarray, rhs: np.ndarray) -> np.ndarray:
+    """:func:`solve_spd`'s Gauss-Jordan elimination on numpy arrays m [B, T, T], rhs [B, T, K]."""
+    t = m.shape[-1]
+    a = np.concatenate([m, rhs], -1)
+    for k in range(t):
+        row = a[:, k : k + 1, :] / a[:, k : k + 1, k : k + 1]
+        a -= a[:, :, k : k + 1] * row
+        a[:, k : k + 1, :] = row
+    return np.ascontiguousarray(a[:, :, t:])
+
+
+def _subproblem(a: np.ndarray, c: np.ndarray, free: np.ndarray, simplex: bool) -> np.ndarray:
     """Minimiser of 1/2 z'Az + c'z over the coordinates in ``free`` (the others held at 0),
     with sum(z) = 1 when ``simplex``; batched over the rows of c [B, T]."""
-    pair = free[:, :, None] & free[:, None, :]
-    m = torch.where(pair, a, 0.0) + torch.diag_embed((~free).to(a.dtype))
-    rhs = torch.where(free, -c, 0.0)
+    t = a.shape[0]
+    m = np.where(free[:, :, None] & free[:, None, :], a, 0.0)
+    m[:, np.arange(t), np.arange(t)] += ~free
+    rhs = np.where(free, -c, 0.0)
     if not simplex:
-        return solve_spd(m, rhs[:, :, None])[:, :, 0]
+        return _solve_spd_numpy(m, rhs[:, :, None])[:, :, 0]
     # with the multiplier mu of sum(z) = 1: A_FF z = -c + mu 1, so z = z_c + mu z_1 for the two
     # solutions below, and mu makes the sum 1 (1' A_FF^-1 1 > 0 for a definite A_FF)
-    ones = free.to(a.dtype)
-    z = solve_spd(m, torch.stack([rhs, ones], -1))
+    z = _solve_spd_numpy(m, np.stack([rhs, free.astype(a.dtype)], -1))
     z_c, z_1 = z[..., 0], z[..., 1]
-    mu = (1 - z_c.sum(1, keepdim=True)) / z_1.sum(1, keepdim=True)
+    mu = (1 - z_c.sum(1, keepdims=True)) / z_1.sum(1, keepdims=True)
     return z_c + mu * z_1
 
 
@@ -179,74 +185,16 @@ def nonneg_qp(a: Tensor, c: Tensor, *, simplex: bool = False, reg: float = 1e-12
     still have a unique answer.
     """
     squeeze = c.dim() == 1
-    c = c.reshape(-1, c.shape[-1])
-    if a.device.type == "cpu" and c.device.type == "cpu" and not (a.requires_grad or c.requires_grad):
-        x = torch.from_numpy(_nonneg_qp_numpy(a.numpy(), c.to(a.dtype).numpy(), simplex, reg, tol))
-        return x[0] if squeeze else x
-    b, t = c.shape
-    scale = float(a.diagonal().mean()) if t else 0.0
-    a = a + (reg * scale if scale > 0 else reg) * torch.eye(t, dtype=a.dtype, device=a.device)
-    rows = torch.arange(b, device=c.device)
-    if simplex:
-        start = (0.5 * a.diagonal() + c).argmin(1)
-        free = torch.zeros(b, t, dtype=torch.bool, device=c.device)
-        free[rows, start] = True
-        x = free.to(a.dtype)
-    else:
-        free = torch.zeros(b, t, dtype=torch.bool, device=c.device)
-        x = torch.zeros(b, t, dtype=a.dtype, device=c.device)
-    for _ in range(3 * t + 10):
-        grad = x @ a + c
-        if simplex:
-            # on the free set the gradient equals the multiplier mu of sum(x) = 1
-            mu = (grad * free).sum(1, keepdim=True) / free.sum(1, keepdim=True).clamp_min(1)
-            grad = grad - mu
-        grad = torch.where(free, math.inf, grad)
-        # argmin + gather, not min(dim): the latter opens an OpenMP region even for 8 numbers,
-        # which costs a scheduler tick (~5 ms) when the other cores are busy
-        j = grad.argmin(1)
-        enter = grad.gather(1, j[:, None])[:, 0] < -tol
-        if not bool(enter.any()):
-            break
-        free = free.clone()
-        free[rows[enter], j[enter]] = True
-        for _ in range(t + 1):
-            z = _subproblem(a, c, free, simplex)
-            out = free & (z <= 0)
-            if not bool(out.any()):
-                x = z
-                break
-            # walk from x towards z until the first free coordinate reaches 0, then fix it there
-            ratio = torch.where(out, x / (x - z).clamp_min(1e-300), math.inf)
-            step = ratio.amin(1, keepdim=True).clamp(max=1.0)
-            x = x + step * (z - x)
-            free = free & (x > tol)
-            x = torch.where(free, x, 0.0)
+    # a few hundred operations on [T, T] numbers: in numpy on the CPU, whatever device A is on
+    # (torch's per-op dispatch made the solve cost as much as a pass over an 8 x 1M Jacobian)
+    x = _nonneg_qp_numpy(a.detach().cpu().numpy(), c.detach().reshape(-1, c.shape[-1]).to(a.dtype).cpu().numpy(),
+                         simplex, reg, tol)
+    x = torch.from_numpy(x).to(a.device)
     return x[0] if squeeze else x
 
 
-def _subproblem_numpy(a: np.ndarray, c: np.ndarray, free: np.ndarray, simplex: bool) -> np.ndarray:
-    """:func:`_subproblem` in numpy (CPU): same elimination, a fifth of torch's per-op cost."""
-    t = a.shape[0]
-    pair = free[:, :, None] & free[:, None, :]
-    m = np.where(pair, a, 0.0)
-    idx = np.arange(t)
-    m[:, idx, idx] += ~free
-    rhs = np.where(free, -c, 0.0)
-    if not simplex:
-        return solve_spd(torch.from_numpy(m), torch.from_numpy(rhs[:, :, None])).numpy()[:, :, 0]
-    z = solve_spd(torch.from_numpy(m), torch.from_numpy(np.stack([rhs, free.astype(a.dtype)], -1))).numpy()
-    z_c, z_1 = z[..., 0], z[..., 1]
-    mu = (1 - z_c.sum(1, keepdims=True)) / z_1.sum(1, keepdims=True)
-    return z_c + mu * z_1
-
-
 def _nonneg_qp_numpy(a: np.ndarray, c: np.ndarray, simplex: bool, reg: float, tol: float) -> np.ndarray:
-    """:func:`nonneg_qp`'s active-set method, step for step, on numpy arrays ([T, T] and [B, T]).
-
-    The solve is a few hundred operations on 8x8 numbers; torch's dispatch (~5 us each) made it
-    cost as much as a pass over an 8 x 1M Jacobian, numpy's (~1 us) does not.
-    """
+    """:func:`nonneg_qp`'s active-set method on numpy arrays A [T, T] and c [B, T]."""
     b, t = c.shape
     scale = float(np.diagonal(a).mean()) if t else 0.0
     a = a + (reg * scale if scale > 0 else reg) * np.eye(t, dtype=a.dtype)
@@ -261,6 +209,7 @@ def _nonneg_qp_numpy(a: np.ndarray, c: np.ndarray, simplex: bool, reg: float, to
         for _ in range(3 * t + 10):
             grad = x @ a + c
             if simplex:
+                # on the free set the gradient equals the multiplier mu of sum(x) = 1
                 mu = (grad * free).sum(1, keepdims=True) / np.maximum(free.sum(1, keepdims=True), 1)
                 grad = grad - mu
             grad = np.where(free, math.inf, grad)
@@ -271,11 +220,12 @@ def _nonneg_qp_numpy(a: np.ndarray, c: np.ndarray, simplex: bool, reg: float, to
             free = free.copy()
             free[rows[enter], j[enter]] = True
             for _ in range(t + 1):
-                z = _subproblem_numpy(a, c, free, simplex)
+                z = _subproblem(a, c, free, simplex)
                 out = free & (z <= 0)
                 if not out.any():
                     x = z
                     break
+                # walk from x towards z until the first free coordinate reaches 0, then fix it there
                 ratio = np.where(out, x / np.maximum(x - z, 1e-300), math.inf)
                 step = np.minimum(ratio.min(1, keepdims=True), 1.0)
                 x = x + step * (z - x)

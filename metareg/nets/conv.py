@@ -57,7 +57,7 @@ from torch import Tensor
 from ..errors import ConfigError, ShapeError
 from .functional import Flatten, FunctionalNet, Layer, Linear
 
-__all__ = ["batch_norm", "conv2d", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "ResBlock", "ConvNet", "conv4",
+__all__ = ["batch_norm", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "ResBlock", "ConvNet", "conv4",
            "resnet12"]
 
 
@@ -81,32 +81,6 @@ def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, *, eps: float = 1e-5, su
     # fold the normalisation into one scale and shift: two ops on the big tensor instead of four
     a = scale * w
     return x * a + (b - mean * a)
-
-
-def conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, batched: bool, padding: int) -> Tensor:
-    """``x`` [T, N, C, H, W] convolved with ``weight`` [O, C, k, k] (shared) or [T, O, C, k, k]
-    (per task, one grouped convolution over the meta-batch) -> [T, N, O, H', W']."""
-    t, n, c, h, w = x.shape
-    if not batched:
-        y = F.conv2d(x.reshape(t * n, c, h, w), weight, bias, padding=padding)
-        return y.view(t, n, *y.shape[1:])
-    o, k = weight.shape[1], weight.shape[-1]
-    if c * k * k <= IM2COL_MAX:
-        # few input channels (an image's first layer): the grouped convolution's weight gradient
-        # is slow on CPU here (2-3x slower than this in our measurement on 1-channel 28x28 inputs,
-        # while it is 3x faster than this with 64 channels), so lower it to im2col + one bmm
-        cols = F.unfold(x.reshape(t * n, c, h, w), k, padding=padding)  # [T*N, C*k*k, L]
-        ho, wo = h + 2 * padding - k + 1, w + 2 * padding - k + 1
-        cols = cols.view(t, n, c * k * k, ho * wo).transpose(1, 2).reshape(t, c * k * k, n * ho * wo)
-        wm = weight.reshape(t, o, c * k * k)
-        y = torch.bmm(wm, cols) if bias is None else torch.baddbmm(bias.unsqueeze(-1), wm, cols)
-        return y.view(t, o, n, ho, wo).transpose(1, 2)
-    # [T, N, C, H, W] -> [N, T*C, H, W]: the tasks become the groups of one convolution
-    xg = x.transpose(0, 1).reshape(n, t * c, h, w)
-    y = F.conv2d(xg, weight.reshape(t * o, *weight.shape[2:]), None if bias is None else bias.reshape(t * o),
-                 padding=padding, groups=t)
-    # a view, not a copy: the next block's transpose(0, 1) makes it contiguous again for free
-    return y.view(n, t, o, *y.shape[2:]).transpose(0, 1)
 
 
 #: memory format of the grouped layout: channels-last ([N, H, W, T*C] in memory) makes

@@ -331,4 +331,4 @@ def test_wide_path_is_taken_and_left_only_when_it_must():
     z = a.clone()
     z[3] = 0
     ops.pairwise_cosine_norms(z)  # a zero row
-    assert extension._wide_fallbacks() > before + 1
+    assert extension._wide_fallbacks() == before + 2  # once: the fallback does not retry the wide path
