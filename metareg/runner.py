@@ -288,12 +288,14 @@ class Run:
         hook.on_run_start(run=self)
         t0 = time.perf_counter()
         train_time = 0.0
+        sample_time = 0.0  # drawing the meta-batches, part of train_time: should be a small share
         bar = tqdm(total=cfg.steps, desc=f"{self.algo_spec.name} on {self.bench_spec.name}", disable=(False if progress else True) if progress is not None else None,
                    dynamic_ncols=True, leave=False)
         try:
             for step in range(1, cfg.steps + 1):
                 ts = time.perf_counter()
                 batch = self.bench.train_batch(gen).to(self.device, self.dtype)
+                sample_time += time.perf_counter() - ts
                 self.optimizer.zero_grad(set_to_none=True)
                 m = self.learner.step(batch)
                 if cfg.grad_clip > 0:
@@ -330,6 +332,8 @@ class Run:
             "num_params": self.num_params,
             "train_time_s": round(train_time, 3),
             "steps_per_s": round(done / train_time, 2) if train_time > 0 else None,
+            "sample_time_s": round(sample_time, 3),
+            "sample_share": round(sample_time / train_time, 4) if train_time > 0 else None,
             "final_loss": loss_avg,
         }
         if hasattr(self.bench_config, "transductive"):

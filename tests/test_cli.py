@@ -65,6 +65,9 @@ def test_run_json_summary(tmp_path):
     for key in ("mse_before", "mse_after_1_step", "mse_after_10_steps", "mse_after_1_step_ci95"):
         assert isinstance(s[key], float)
     assert s["status"] == "completed" and s["steps"] == 20 and s["eval_tasks"] == 30
+    # drawing the meta-batches is timed apart from the step it feeds, and is part of train_time
+    assert 0 < s["sample_time_s"] < s["train_time_s"]
+    assert s["sample_share"] == pytest.approx(s["sample_time_s"] / s["train_time_s"], abs=0.02)  # both rounded
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"]
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["algorithm_config"]["inner_lr"] == 0.01 and cfg["run_config"]["steps"] == 20
@@ -83,6 +86,7 @@ def test_run_human_output_and_config_file(tmp_path):
     r = invoke("run", "hard_sharing", "-b", "sinusoid_mtl", "--config", str(cfg), "--no-save")
     assert r.exit_code == 0, r.stderr
     assert "hard_sharing on sinusoid_mtl: completed after 5 steps" in r.stdout
+    assert "% of it drawing tasks)" in r.stdout
     assert "mse_after_1_step" in r.stdout
 
 

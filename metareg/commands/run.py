@@ -86,10 +86,16 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
     _print_summary(summary)
 
 
+def _sampling(s: dict) -> str:
+    share = s.get("sample_share")  # absent in summaries written before it was measured
+    return "" if share is None else f", {100 * share:.1f}% of it drawing tasks"
+
+
 def _print_summary(s: dict) -> None:
     status = s["status"]
     click.echo(f"{s['algorithm']} on {s['benchmark']}: {status} after {s['steps']} steps "
-               f"({s['train_time_s']:.1f} s, {s['steps_per_s']} steps/s), final training loss {s['final_loss']:.4f}")
+               f"({s['train_time_s']:.1f} s, {s['steps_per_s']} steps/s{_sampling(s)}), "
+               f"final training loss {s['final_loss']:.4f}")
     keys = [k for k in s if not k.endswith("_ci95") and (k.startswith(("mse_", "accuracy_")) or k in ("mse", "accuracy"))]
     if keys:
         click.echo(f"held-out tasks ({s.get('eval_tasks')}), mean ± 95% CI:")
