@@ -9,8 +9,13 @@ concatenated feature maps; on 28x28 inputs Conv4 leaves a 1x1 map, where a conv 
 fully connected layer, so g_phi here is an MLP 2F -> ``relation_channels`` (64, standing in for
 the conv blocks) -> ``relation_hidden`` (8) -> 1.  Without the 64-wide layer (2F -> 8 -> 1) the
 module collapsed to constant scores on glyphs (its 8 ReLUs died; loss stuck at 0.16, the MSE of
-predicting 1/N everywhere).
+predicting 1/N everywhere).  The paper's conv blocks carry batch norm; ``relation_norm="batch"``
+(the default) keeps it after the first layer, with statistics over each episode's query-class
+pairs (so nothing is shared across the tasks of a meta-batch); ``"layer"`` normalises each pair
+alone, ``"none"`` drops it.
 """
+
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +29,9 @@ from metareg.learners import EmbeddingLearner, class_means, one_hot
 class RelationNetConfig:
     relation_channels: int = metareg.param(64, "width of g_phi's first layer (the paper's conv blocks: 64)", ge=1)
     relation_hidden: int = metareg.param(8, "width of g_phi's last hidden layer (the paper uses 8)", ge=1)
+    relation_norm: Literal["batch", "layer", "none"] = metareg.param(
+        "batch", "normalisation after g_phi's first layer: batch (over each episode's pairs, as the paper's conv blocks), "
+                 "layer (each pair alone) or none")
     backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
 
 
@@ -35,9 +43,11 @@ class RelationNet(EmbeddingLearner):
         super().__init__(config, context)
         d, c, h = self.feature_dim, config.relation_channels, config.relation_hidden
         gen = context.generator
-        self.relation = nn.Sequential(nn.Linear(2 * d, c), nn.ReLU(), nn.Linear(c, h), nn.ReLU(), nn.Linear(h, 1))
+        self.relation = _Relation(2 * d, c, h, config.relation_norm)
         with torch.no_grad():  # seeded like every other parameter, not from the global RNG
-            for p in self.relation.parameters():
+            for name, p in self.relation.named_parameters():
+                if name.startswith("norm_"):
+                    continue  # scale 1, shift 0
                 bound = 1.0 / (p.shape[-1] ** 0.5) if p.dim() > 1 else 0.1
                 p.copy_((torch.rand(p.shape, generator=gen) * 2 - 1) * bound)
         self.relation.to(context.device, context.dtype)
@@ -48,10 +58,30 @@ class RelationNet(EmbeddingLearner):
         t, q, d = query.shape
         n = classes.shape[1]
         pairs = torch.cat([query.unsqueeze(2).expand(t, q, n, d), classes.unsqueeze(1).expand(t, q, n, d)], -1)
-        return torch.sigmoid(self.relation(pairs).squeeze(-1))  # [T, Q, N] relation scores in [0, 1]
+        return torch.sigmoid(self.relation(pairs))  # [T, Q, N] relation scores in [0, 1]
 
     def loss_from_logits(self, scores, y):
         return F.mse_loss(scores, one_hot(y, self.ways, scores.dtype))
+
+
+class _Relation(nn.Module):
+    """g_phi on pairs [T, Q, N, 2F] -> [T, Q, N]: Linear, normalisation, ReLU, Linear, ReLU, Linear."""
+
+    def __init__(self, d_in: int, width: int, hidden: int, norm: str) -> None:
+        super().__init__()
+        self.first, self.hidden, self.out = nn.Linear(d_in, width), nn.Linear(width, hidden), nn.Linear(hidden, 1)
+        self.norm = norm
+        if norm != "none":
+            self.norm_weight, self.norm_bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        h = self.first(pairs)
+        if self.norm == "batch":  # one episode's pairs at a time: [T, Q, N, C] over (Q, N)
+            var, mean = torch.var_mean(h, dim=(1, 2), keepdim=True, unbiased=False)
+            h = (h - mean) * torch.rsqrt(var + 1e-5) * self.norm_weight + self.norm_bias
+        elif self.norm == "layer":
+            h = F.layer_norm(h, h.shape[-1:], self.norm_weight, self.norm_bias)
+        return self.out(F.relu(self.hidden(F.relu(h)))).squeeze(-1)
 
 
 @metareg.hookimpl

@@ -98,11 +98,30 @@ def test_relation_net_scores_sum_of_class_embeddings(manager):
     learner, b = _built("relation_net", manager)
     q, s = learner.embed(b.query_x), learner.embed(b.support_x)
     scores = learner.logits(q, s, b.support_y)
-    t, k = 1, 2
-    cls = s[t][b.support_y[t] == k].sum(0)
-    want = torch.sigmoid(learner.relation(torch.cat([q[t], cls.expand_as(q[t])], -1))).squeeze(-1)
-    torch.testing.assert_close(scores[t, :, k], want)
+    # the pairs built by hand: each query beside the sum of each class's support embeddings
+    pairs = torch.stack([torch.stack([torch.stack([torch.cat([q[t, i], s[t][b.support_y[t] == k].sum(0)])
+                                                   for k in range(scores.shape[2])]) for i in range(q.shape[1])])
+                         for t in range(q.shape[0])])
+    torch.testing.assert_close(scores, torch.sigmoid(learner.relation(pairs)))
     assert ((scores >= 0) & (scores <= 1)).all()
+
+
+@pytest.mark.parametrize("norm", ["batch", "layer", "none"])
+def test_relation_module_normalisation_stays_inside_an_episode(norm):
+    from metareg_plugins.relation_net import _Relation
+
+    torch.manual_seed(0)
+    g = _Relation(6, 4, 3, norm).double()
+    pairs = torch.randn(2, 5, 3, 6, dtype=torch.float64)
+    out = g(pairs)
+    assert out.shape == (2, 5, 3)
+    other = pairs.clone()
+    other[1] *= 3.0  # another task of the meta-batch: never changes this task's scores
+    torch.testing.assert_close(g(other)[0], out[0])
+    moved = pairs.clone()
+    moved[0, 0, 0] += 5.0  # one pair of task 0: with batch statistics, the episode's other scores move
+    changed = (g(moved)[0] - out[0]).abs().flatten()[1:]
+    assert (changed.max() > 1e-6) == (norm == "batch")
 
 
 @pytest.mark.parametrize("algo,over", [("protonet", {}), ("matching_net", {}), ("matching_net", {"fce": True}),
