@@ -142,14 +142,23 @@ def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
     single = grads.dim() == 1 and params.dim() == 1
     if single:
         grads = grads.unsqueeze(0)
-    _check_step(params, grads, lr)
     reason = _fallback_reason(grads)
     if reason is None:
-        if isinstance(lr, Tensor):
-            out = _ops.task_step_tensor.default(params, grads, lr)
-        else:
-            out = _ops.task_step.default(params, grads, float(lr))
+        # hot path (every inner step): the kernel checks its inputs itself; the Python checks,
+        # which give the same verdict as a ShapeError, run only once it has refused them
+        try:
+            if isinstance(lr, Tensor):
+                out = _ops.task_step_tensor.default(params, grads, lr)
+            else:
+                out = _ops.task_step.default(params, grads, float(lr))
+        except RuntimeError:
+            try:
+                _check_step(params, grads, lr)
+            except ShapeError as e:
+                raise e from None  # the user's mistake, without the kernel's traceback
+            raise
     else:
+        _check_step(params, grads, lr)
         _warn_once(reason)
         out = _reference.task_step(params, grads, lr)
     return out.squeeze(0) if single else out
