@@ -82,66 +82,70 @@ def test_metareg_maml_conv4(benchmark, episodes):
     _bench(benchmark, step, "metareg", "metareg maml (batched fast weights)")
 
 
-def test_per_task_loop(benchmark, episodes):
-    model = _module()
-    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
-    opt = torch.optim.Adam(params.values(), lr=1e-3)
+# Each recipe accumulates the meta-gradient of the mean query loss over the tasks of (sx, sy, qx,
+# qy) into the model's .grad, one task at a time, as the library it is named after does it.
+
+def _loop_meta_backward(model, params, sx, sy, qx, qy):
+    total = 0.0
+    for i in range(len(sx)):
+        loss = F.cross_entropy(functional_call(model, params, (sx[i],)), sy[i])
+        g = torch.autograd.grad(loss, list(params.values()), create_graph=True)
+        fast = {k: p - LR * gi for (k, p), gi in zip(params.items(), g)}
+        total = total + F.cross_entropy(functional_call(model, fast, (qx[i],)), qy[i])
+    (total / len(sx)).backward()
+
+
+def _higher_meta_backward(higher, model, inner_opt, sx, sy, qx, qy):
+    # higher's own MAML recipe (its examples/maml-omniglot.py): a monkeypatched copy of the module
+    # per task, a differentiable SGD step, the query loss backpropagated task by task
+    for i in range(len(sx)):
+        with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
+            diffopt.step(F.cross_entropy(fmodel(sx[i]), sy[i]))
+            (F.cross_entropy(fmodel(qx[i]), qy[i]) / len(sx)).backward()
+
+
+def _torchopt_meta_backward(torchopt, model, inner_opt, sx, sy, qx, qy):
+    # TorchOpt's MAML recipe (its MAML-omniglot example): MetaSGD steps the module in place, the
+    # query loss is backpropagated per task, then the initial state is restored
+    net_state, opt_state = torchopt.extract_state_dict(model), torchopt.extract_state_dict(inner_opt)
+    for i in range(len(sx)):
+        inner_opt.step(F.cross_entropy(model(sx[i]), sy[i]))
+        (F.cross_entropy(model(qx[i]), qy[i]) / len(sx)).backward()
+        torchopt.recover_state_dict(model, net_state)
+        torchopt.recover_state_dict(inner_opt, opt_state)
+
+
+def _recipe(library, model):
+    """(meta_backward(sx, sy, qx, qy), parameters the outer optimizer updates) for one library."""
+    if library == "loop":
+        params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+        return (lambda *b: _loop_meta_backward(model, params, *b)), list(params.values())
+    lib = pytest.importorskip(library)
+    if library == "higher":
+        inner = torch.optim.SGD(model.parameters(), lr=LR)
+        return (lambda *b: _higher_meta_backward(lib, model, inner, *b)), list(model.parameters())
+    inner = lib.MetaSGD(model, lr=LR)
+    return (lambda *b: _torchopt_meta_backward(lib, model, inner, *b)), list(model.parameters())
+
+
+# library -> label.  higher and TorchOpt are optional (`pip install --no-deps higher==0.2.1`,
+# `pip install torchopt`): skipped when absent.  BENCHMARKS.md measured 3.54 s (higher) and
+# 3.34 s (TorchOpt) per outer step for them.
+LOOPS = {"loop": "per-task loop (functional_call, autograd.grad)", "higher": "higher 0.2.1 (innerloop_ctx per task)",
+         "torchopt": "TorchOpt 0.7.3 (MetaSGD per task)"}
+
+
+@pytest.mark.parametrize("library", list(LOOPS))
+def test_per_task_loop(benchmark, episodes, library):
+    meta_backward, params = _recipe(library, _module())
+    opt = torch.optim.Adam(params, lr=1e-3)
 
     def step():
         opt.zero_grad(set_to_none=True)
-        total = 0.0
-        for i in range(T):
-            loss = F.cross_entropy(functional_call(model, params, (episodes.sx[i],)), episodes.sy[i])
-            g = torch.autograd.grad(loss, list(params.values()), create_graph=True)
-            fast = {k: p - LR * gi for (k, p), gi in zip(params.items(), g)}
-            total = total + F.cross_entropy(functional_call(model, fast, (episodes.qx[i],)), episodes.qy[i])
-        (total / T).backward()
+        meta_backward(episodes.sx, episodes.sy, episodes.qx, episodes.qy)
         opt.step()
 
-    _bench(benchmark, step, "baseline", "per-task loop (learn2learn/higher/TorchOpt style)")
-
-
-def test_higher_loop(benchmark, episodes):
-    # higher's own MAML recipe (its examples/maml-omniglot.py): a monkeypatched copy of the module
-    # per task, a differentiable SGD step, the query loss backpropagated task by task.
-    # BENCHMARKS.md measured 3.54 s for it. Optional: `pip install --no-deps higher` (pure Python).
-    higher = pytest.importorskip("higher")
-    model = _module()
-    meta_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inner_opt = torch.optim.SGD(model.parameters(), lr=LR)
-
-    def step():
-        meta_opt.zero_grad(set_to_none=True)
-        for i in range(T):
-            with higher.innerloop_ctx(model, inner_opt, copy_initial_weights=False) as (fmodel, diffopt):
-                diffopt.step(F.cross_entropy(fmodel(episodes.sx[i]), episodes.sy[i]))
-                (F.cross_entropy(fmodel(episodes.qx[i]), episodes.qy[i]) / T).backward()
-        meta_opt.step()
-
-    _bench(benchmark, step, "baseline", "higher 0.2.1 (innerloop_ctx per task)")
-
-
-def test_torchopt_loop(benchmark, episodes):
-    # TorchOpt's MAML recipe (its examples/FuncTorch-free MAML-omniglot): MetaSGD steps the
-    # module in place, the query loss is backpropagated per task, then the initial state is
-    # restored.  BENCHMARKS.md measured 3.34 s.  Optional: `pip install torchopt` (needs optree).
-    torchopt = pytest.importorskip("torchopt")
-    model = _module()
-    meta_opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    inner_opt = torchopt.MetaSGD(model, lr=LR)
-
-    def step():
-        meta_opt.zero_grad(set_to_none=True)
-        net_state = torchopt.extract_state_dict(model)
-        opt_state = torchopt.extract_state_dict(inner_opt)
-        for i in range(T):
-            inner_opt.step(F.cross_entropy(model(episodes.sx[i]), episodes.sy[i]))
-            (F.cross_entropy(model(episodes.qx[i]), episodes.qy[i]) / T).backward()
-            torchopt.recover_state_dict(model, net_state)
-            torchopt.recover_state_dict(inner_opt, opt_state)
-        meta_opt.step()
-
-    _bench(benchmark, step, "baseline", "TorchOpt 0.7.3 (MetaSGD per task)")
+    _bench(benchmark, step, "baseline", LOOPS[library])
 
 
 @pytest.mark.skipif(DEVICE == "cpu", reason="vmap is 2x slower than the loop and needs 4 GiB on CPU; compared on GPU")
@@ -171,39 +175,12 @@ def test_torch_func_vmap(benchmark, episodes):
 def test_library_baselines_compute_the_same_meta_gradient(library):
     """Not a benchmark (run without --benchmark-only): the library recipes timed above give the
     per-task loop's meta-gradient, in float64, on two small tasks."""
-    lib = pytest.importorskip(library)
     g = torch.Generator().manual_seed(0)
-    t = 2
-    sx, qx = torch.rand(t, 5, 1, 28, 28, generator=g, dtype=torch.float64), torch.rand(t, 10, 1, 28, 28, generator=g, dtype=torch.float64)
-    sy, qy = torch.arange(5).expand(t, -1), torch.arange(5).repeat(2).expand(t, -1)
-
-    def flat_grad(model):
-        return torch.cat([p.grad.flatten() for p in model.parameters()])
-
-    model = _module().double()
-    params = dict(model.named_parameters())
-    total = 0.0
-    for i in range(t):
-        gs = torch.autograd.grad(F.cross_entropy(functional_call(model, params, (sx[i],)), sy[i]), list(params.values()),
-                                 create_graph=True)
-        fast = {k: p - LR * gi for (k, p), gi in zip(params.items(), gs)}
-        total = total + F.cross_entropy(functional_call(model, fast, (qx[i],)), qy[i])
-    (total / t).backward()
-    want = flat_grad(model)
-
-    model = _module().double()
-    if library == "higher":
-        inner = torch.optim.SGD(model.parameters(), lr=LR)
-        for i in range(t):
-            with lib.innerloop_ctx(model, inner, copy_initial_weights=False) as (fmodel, diffopt):
-                diffopt.step(F.cross_entropy(fmodel(sx[i]), sy[i]))
-                (F.cross_entropy(fmodel(qx[i]), qy[i]) / t).backward()
-    else:
-        inner = lib.MetaSGD(model, lr=LR)
-        net_state, opt_state = lib.extract_state_dict(model), lib.extract_state_dict(inner)
-        for i in range(t):
-            inner.step(F.cross_entropy(model(sx[i]), sy[i]))
-            (F.cross_entropy(model(qx[i]), qy[i]) / t).backward()
-            lib.recover_state_dict(model, net_state)
-            lib.recover_state_dict(inner, opt_state)
-    torch.testing.assert_close(flat_grad(model), want, rtol=1e-10, atol=1e-12)
+    sx, qx = (torch.rand(2, n, 1, 28, 28, generator=g, dtype=torch.float64) for n in (5, 10))
+    sy, qy = torch.arange(5).expand(2, -1), torch.arange(5).repeat(2).expand(2, -1)
+    grads = []
+    for name in ("loop", library):
+        meta_backward, params = _recipe(name, _module().double())
+        meta_backward(sx, sy, qx, qy)
+        grads.append(torch.cat([p.grad.flatten() for p in params]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-10, atol=1e-12)

@@ -10,9 +10,10 @@ fully connected layer, so g_phi here is an MLP 2F -> ``relation_channels`` (64, 
 the conv blocks) -> ``relation_hidden`` (8) -> 1.  Without the 64-wide layer (2F -> 8 -> 1) the
 module collapsed to constant scores on glyphs (its 8 ReLUs died; loss stuck at 0.16, the MSE of
 predicting 1/N everywhere).  The paper's conv blocks carry batch norm; ``relation_norm="batch"``
-(the default) keeps it after the first layer, with statistics over each episode's query-class
-pairs (so nothing is shared across the tasks of a meta-batch); ``"layer"`` normalises each pair
-alone, ``"none"`` drops it.
+(the default) keeps it after the first layer, per episode (nothing is shared across the tasks of a
+meta-batch) and by the benchmark's rule: over the episode's query-class pairs when batch norm is
+transductive, else over its support-class pairs only, so no query sees another's statistics.
+``"layer"`` normalises each pair alone, ``"none"`` drops it.
 """
 
 from typing import Literal
@@ -23,6 +24,7 @@ from torch import nn
 
 import metareg
 from metareg.learners import EmbeddingLearner, class_means, one_hot
+from metareg.nets.conv import batch_norm
 
 
 @metareg.config
@@ -55,17 +57,29 @@ class RelationNet(EmbeddingLearner):
     def logits(self, query, support, labels):
         counts = one_hot(labels, self.ways, support.dtype).sum(1).unsqueeze(-1)  # [T, N, 1]
         classes = class_means(support, labels, self.ways) * counts  # sum of the class's support embeddings
-        t, q, d = query.shape
-        n = classes.shape[1]
-        pairs = torch.cat([query.unsqueeze(2).expand(t, q, n, d), classes.unsqueeze(1).expand(t, q, n, d)], -1)
-        return torch.sigmoid(self.relation(pairs))  # [T, Q, N] relation scores in [0, 1]
+        q = query.shape[1]
+        if self.config.relation_norm == "batch" and not self.net.transductive:
+            # the statistics come from the support examples' pairs, which ride along in front
+            scores = self.relation(_pairs(torch.cat([support, query], 1), classes), stats_rows=support.shape[1])
+            return torch.sigmoid(scores[:, -q:])
+        return torch.sigmoid(self.relation(_pairs(query, classes)))  # [T, Q, N] relation scores in [0, 1]
 
     def loss_from_logits(self, scores, y):
         return F.mse_loss(scores, one_hot(y, self.ways, scores.dtype))
 
 
+def _pairs(x, classes):
+    """x [T, M, F] beside each class representation [T, N, F] -> [T, M, N, 2F]."""
+    t, m, d = x.shape
+    n = classes.shape[1]
+    return torch.cat([x.unsqueeze(2).expand(t, m, n, d), classes.unsqueeze(1).expand(t, m, n, d)], -1)
+
+
 class _Relation(nn.Module):
-    """g_phi on pairs [T, Q, N, 2F] -> [T, Q, N]: Linear, normalisation, ReLU, Linear, ReLU, Linear."""
+    """g_phi on pairs [T, M, N, 2F] -> [T, M, N]: Linear, normalisation, ReLU, Linear, ReLU, Linear.
+
+    Batch statistics are per episode, over all its pairs or over those of its first ``stats_rows``
+    examples."""
 
     def __init__(self, d_in: int, width: int, hidden: int, norm: str) -> None:
         super().__init__()
@@ -74,11 +88,12 @@ class _Relation(nn.Module):
         if norm != "none":
             self.norm_weight, self.norm_bias = nn.Parameter(torch.ones(width)), nn.Parameter(torch.zeros(width))
 
-    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+    def forward(self, pairs: torch.Tensor, stats_rows: int | None = None) -> torch.Tensor:
         h = self.first(pairs)
-        if self.norm == "batch":  # one episode's pairs at a time: [T, Q, N, C] over (Q, N)
-            var, mean = torch.var_mean(h, dim=(1, 2), keepdim=True, unbiased=False)
-            h = (h - mean) * torch.rsqrt(var + 1e-5) * self.norm_weight + self.norm_bias
+        if self.norm == "batch":  # the backbone's per-task batch norm, the pairs as its examples
+            t, m, n, c = h.shape
+            h = batch_norm(h.reshape(t, m * n, c, 1, 1), self.norm_weight, self.norm_bias,
+                           support_size=None if stats_rows is None else stats_rows * n).view(t, m, n, c)
         elif self.norm == "layer":
             h = F.layer_norm(h, h.shape[-1:], self.norm_weight, self.norm_bias)
         return self.out(F.relu(self.hidden(F.relu(h)))).squeeze(-1)

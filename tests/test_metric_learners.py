@@ -124,6 +124,25 @@ def test_relation_module_normalisation_stays_inside_an_episode(norm):
     assert (changed.max() > 1e-6) == (norm == "batch")
 
 
+def test_relation_batch_norm_from_support_pairs_only():
+    # non-transductive episodes: statistics from the first stats_rows examples' pairs, so a query
+    # pair moves only its own score, while a support pair moves every score of the episode
+    from metareg_plugins.relation_net import _Relation
+
+    torch.manual_seed(0)
+    g = _Relation(6, 4, 3, "batch").double()
+    pairs = torch.randn(2, 5, 3, 6, dtype=torch.float64)
+    out = g(pairs, stats_rows=2)
+    query_moved = pairs.clone()
+    query_moved[0, 4, 1] += 5.0
+    diff = (g(query_moved, stats_rows=2) - out).abs()
+    diff[0, 4, 1] = 0.0
+    assert diff.max() == 0
+    support_moved = pairs.clone()
+    support_moved[0, 0, 0] += 5.0
+    assert (g(support_moved, stats_rows=2)[0, 2:] - out[0, 2:]).abs().max() > 1e-6  # the queries move too
+
+
 @pytest.mark.parametrize("algo,over", [("protonet", {}), ("matching_net", {}), ("matching_net", {"fce": True}),
                                        ("relation_net", {}), ("maml", {"inner_lr": 0.5}), ("protonet", {"distance": "cosine"})])
 def test_learners_learn_blobs_far_above_chance(algo, over, manager):
