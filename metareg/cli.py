@@ -40,6 +40,22 @@ def _fail(message: str) -> int:
     return 2
 
 
+class _WarningLines(logging.Handler):
+    """metareg's warnings (plugin load problems among them) as one ``warning:`` line each on
+    stderr; the library itself sets no handler."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        click.echo(f"warning: {record.getMessage()}", err=True)
+
+
+def _install_warning_handler() -> None:
+    logger = logging.getLogger("metareg")
+    if not any(isinstance(h, _WarningLines) for h in logger.handlers):
+        handler = _WarningLines(level=logging.WARNING)
+        logger.addHandler(handler)
+    logger.propagate = False  # not twice (the root logger's handlers, or logging's last resort)
+
+
 def make_cli(manager=None) -> click.Group:
     """Build the command group; ``manager`` (a PluginManager) is for tests."""
     from .commands.listing import info_cmd, list_cmd, plugins_cmd
@@ -59,6 +75,9 @@ def make_cli(manager=None) -> click.Group:
         """
         if verbose:
             logging.basicConfig(level=logging.DEBUG if verbose > 1 else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+            logger = logging.getLogger("metareg")  # the root handler now formats everything
+            logger.handlers = [h for h in logger.handlers if not isinstance(h, _WarningLines)]
+            logger.propagate = True
         ctx.obj = manager
 
     for cmd in (list_cmd, info_cmd, plugins_cmd, run_cmd):
@@ -73,7 +92,10 @@ def make_cli(manager=None) -> click.Group:
             cli.add_command(cmd)
     from .plugins import get_manager
 
-    (manager or get_manager()).hook.register_commands(cli=cli)
+    _install_warning_handler()
+    m = manager or get_manager()
+    m.hook.register_commands(cli=cli)
+    m.registry  # every command reports the plugins' load problems the same way, once, right here
     return cli
 
 

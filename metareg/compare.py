@@ -19,48 +19,22 @@ from typing import Any
 
 from .errors import ConfigError
 from .plugins import PluginManager, get_manager
-from .runner import RunConfig, SECTIONS, write_json_atomic
+from .evaluate import is_metric_key
+from .overrides import Overrides, split_per_algorithm
+from .runner import RunConfig, write_json_atomic
+from .text import table
 
 __all__ = ["split_overrides", "comparison_rows", "write_report"]
 
 COST_KEYS = ("num_params", "steps_per_s", "train_time_s", "eval_time_s", "peak_memory_mb")
 
 
-def split_overrides(algorithms: Sequence[str], overrides: Mapping[str, Any], manager: PluginManager | None = None) -> dict[str, dict[str, Any]]:
-    """Per-algorithm overrides from one shared set.
-
-    ``maml.inner_lr=0.05`` goes to maml only; a bare algorithm key (``inner_lr``) goes to every
-    algorithm that has it; benchmark and run keys go to all.  A key that no algorithm, the
-    benchmark or the runner knows is an error (a typo must not silently apply to nothing).
-    """
+def split_overrides(algorithms: Sequence[str], overrides: Overrides | Mapping[str, Any] | None,
+                    manager: PluginManager | None = None) -> dict[str, Overrides]:
+    """Per-algorithm overrides from one shared set (the rules: :func:`metareg.overrides.split_per_algorithm`)."""
     reg = (manager or get_manager()).registry
-    specs = {a: reg.get("algorithm", a) for a in algorithms}
-    fields = {a: {f.name for f in dataclasses.fields(s.config)} for a, s in specs.items()}
-    run_fields = {f.name for f in dataclasses.fields(RunConfig)}
-    out: dict[str, dict[str, Any]] = {a: {} for a in algorithms}
-    for key, value in overrides.items():
-        head, dot, rest = key.partition(".")
-        if dot and head in out:
-            out[head][rest] = value
-            continue
-        if dot and head in SECTIONS:
-            for a in algorithms:
-                if head != "algorithm" or rest in fields[a]:
-                    out[a][key] = value
-            continue
-        owners = [a for a in algorithms if key in fields[a]]
-        if owners:
-            for a in owners:
-                out[a][f"algorithm.{key}"] = value
-            continue
-        # benchmark or run key (or unknown: the Run of each algorithm will say which keys are valid)
-        if key in run_fields:
-            for a in algorithms:
-                out[a][f"run.{key}"] = value
-        else:
-            for a in algorithms:
-                out[a][key] = value
-    return out
+    fields = {a: [f.name for f in dataclasses.fields(reg.get("algorithm", a).config)] for a in algorithms}
+    return split_per_algorithm(algorithms, overrides, fields, [f.name for f in dataclasses.fields(RunConfig)])
 
 
 def comparison_rows(summaries: Mapping[str, Mapping[str, Any]]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -68,9 +42,7 @@ def comparison_rows(summaries: Mapping[str, Mapping[str, Any]]) -> tuple[list[st
     metric_cols: list[str] = []
     for s in summaries.values():
         for k in s:
-            # scalars only: a summary may also hold per-task lists (train_tasks_<metric>_per_task)
-            if (k.startswith(("mse", "accuracy", "train_tasks_")) and not k.endswith("_ci95")
-                    and isinstance(s[k], (int, float)) and k not in metric_cols):
+            if is_metric_key(k, s.get("metric")) and isinstance(s[k], (int, float)) and k not in metric_cols:
                 metric_cols.append(k)
     rows = []
     for name, s in summaries.items():
@@ -97,8 +69,6 @@ def _num(v: Any) -> str:
 
 
 def text_table(metric_cols: list[str], rows: list[dict[str, Any]]) -> str:
-    from .commands.listing import table
-
     headers = ["algorithm", "kind", *metric_cols, "params", "steps/s", "peak MB"]
     body = [[r["algorithm"], r["kind"], *(_fmt(r[k], r[k + "_ci95"]) for k in metric_cols),
              _fmt(r["num_params"]), _num(r["steps_per_s"]), _num(r["peak_memory_mb"])] for r in rows]

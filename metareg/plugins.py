@@ -21,8 +21,8 @@ from typing import Any
 import pluggy
 
 from . import hookspecs
-from .errors import DuplicateNameError, PluginError, did_you_mean
-from .registry import Registry
+from .errors import DuplicateNameError, MetaregError, PluginError, did_you_mean
+from .registry import BUILTIN_PACKAGE, Registry, package_key
 
 __all__ = ["PluginManager", "PluginInfo", "PluginFailure", "get_manager", "get_registry", "reset", "ENTRY_POINT_GROUP"]
 
@@ -107,15 +107,15 @@ class PluginManager:
         """Register one plugin object (module, class or instance); False if it was rejected."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in self.plugins:
-            self.failures.append(PluginFailure(name, package, version, "register", f"a plugin named '{name}' is already loaded from {self.plugins[name].package}"))
+            self._record(PluginFailure(name, package, version, "register", f"a plugin named '{name}' is already loaded from {self.plugins[name].package}"))
             return False
         unknown = self._unknown_hooks(plugin)
         if unknown:
             attr, hint = unknown
-            self.failures.append(
+            self._record(
                 PluginFailure(name, package, version, "hooks",
                               f"'{attr}' is marked @metareg.hookimpl but is not a metareg hook.{hint} "
-                              f"Hooks: {', '.join(_hook_names())}.")
+                              f"Hooks: {', '.join(_hook_names())}. Nothing of this plugin was loaded.")
             )
             return False
         try:
@@ -140,11 +140,17 @@ class PluginManager:
                 return attr, did_you_mean(attr, known)
         return None
 
-    def _fail(self, name: str, package: str, version: str, stage: str, exc: BaseException) -> None:
-        cause = f"{type(exc).__name__}: {exc}"
+    def _fail(self, name: str, package: str, version: str, stage: str, exc: BaseException, suffix: str = "") -> None:
+        # metareg's own errors carry a message written for the user; anything else gets its type
+        cause = str(exc) if isinstance(exc, MetaregError) else f"{type(exc).__name__}: {exc}"
         detail = "".join(traceback.format_exception(exc))
-        self.failures.append(PluginFailure(name, package, version, stage, cause, detail))
-        log.warning("metareg plugin %s (%s %s) failed at %s: %s", name, package, version, stage, cause)
+        self._record(PluginFailure(name, package, version, stage, cause + suffix, detail))
+
+    def _record(self, failure: PluginFailure) -> None:
+        """The one place a load problem is recorded and reported (once, as a logging warning: the
+        CLI shows it as one ``warning:`` line on every command that loads plugins)."""
+        self.failures.append(failure)
+        log.warning("%s", failure.line())
 
     # -- registry ------------------------------------------------------------------------
     @property
@@ -155,28 +161,49 @@ class PluginManager:
 
     def _build_registry(self) -> Registry:
         reg = Registry()
+        impls_by_plugin: dict[str, list[tuple[str, str, Any]]] = {}
         for hook_name, category in _REGISTRATION_HOOKS.items():
-            caller = getattr(self.pm.hook, hook_name)
-            # called one implementation at a time so each name is attributed to its plugin and a
-            # plugin whose hook raises is reported without hiding everyone else's registrations
-            for impl in reversed(caller.get_hookimpls()):
-                info = self.plugins.get(impl.plugin_name)
-                package = info.package if info else "?"
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                impls_by_plugin.setdefault(impl.plugin_name, []).append((hook_name, category, impl))
+        # built-ins first, so a third-party package can never take a built-in's name
+        order = sorted(impls_by_plugin, key=lambda n: (not self._is_builtin(n), n))
+        for plugin_name in order:
+            info = self.plugins.get(plugin_name)
+            package = info.package if info else "?"
+            version = info.version if info else "?"
+            staged: list[Any] = []
+            stage = "register"
+            try:
+                # all of a plugin's names or none: stage them, validated, and commit only if every
+                # registration hook of the plugin succeeded
+                for hook_name, category, impl in impls_by_plugin[plugin_name]:
+                    stage = hook_name
 
-                def register(obj: Any, _info: PluginInfo | None = info, _pn: str = impl.plugin_name,
-                             _cat: str = category, _pkg: str = package) -> Any:
-                    spec = reg.add(obj, category=_cat, plugin=_pn, package=_pkg)
-                    if _info is not None:
-                        _info.registered.append(f"{_cat}:{spec.name}")
-                    return obj
+                    def register(obj: Any, _cat: str = category) -> Any:
+                        staged.append(reg.prepare(obj, category=_cat, plugin=plugin_name, package=package))
+                        return obj
 
-                try:
                     impl.function(**{a: register for a in impl.argnames})
-                except DuplicateNameError as e:
-                    self.failures.append(PluginFailure(impl.plugin_name, package, info.version if info else "?", hook_name, str(e)))
-                except Exception as e:  # noqa: BLE001
-                    self._fail(impl.plugin_name, package, info.version if info else "?", hook_name, e)
+                seen: set[tuple[str, str]] = set()
+                for spec in staged:
+                    if (spec.category, spec.name) in seen:
+                        raise DuplicateNameError(f"it registers {spec.category} '{spec.name}' twice.")
+                    seen.add((spec.category, spec.name))
+            except Exception as e:  # noqa: BLE001 - isolation is the point
+                self._fail(plugin_name, package, version, stage, e,
+                           suffix=" Nothing of this plugin was registered." if staged else "")
+                continue
+            for spec in staged:
+                note = reg.commit(spec)
+                if note is not None:
+                    self._record(PluginFailure(plugin_name, package, version, "name clash", note))
+                if info is not None:
+                    info.registered.append(f"{spec.category}:{reg.ref(spec)}")
         return reg
+
+    def _is_builtin(self, plugin_name: str) -> bool:
+        info = self.plugins.get(plugin_name)
+        return info is not None and package_key(info.package) == BUILTIN_PACKAGE
 
     @property
     def hook(self) -> Any:

@@ -28,12 +28,13 @@ import torch
 
 from . import __version__
 from .config import build_config, config, param
-from .errors import ConfigError, IncompatibleError, OutputError, did_you_mean
-from .evaluate import evaluate, evaluate_train_tasks
+from .errors import ConfigError, IncompatibleError, OutputError
+from .overrides import Overrides, config_dict, resolve_sections, saved_overrides
+from .evaluate import evaluate, evaluate_train_tasks, evaluation_generator
 from .learners.base import LearnerContext
 from .plugins import PluginManager, get_manager
 
-__all__ = ["RunConfig", "Run", "resolve_overrides", "write_json_atomic"]
+__all__ = ["RunConfig", "Run", "write_json_atomic", "load_run", "make_optimizer"]
 
 log = logging.getLogger(__name__)
 
@@ -62,42 +63,6 @@ class RunConfig:
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
 
 
-SECTIONS = ("algorithm", "benchmark", "run", "combiner")
-
-
-def resolve_overrides(
-    overrides: Mapping[str, Any], classes: Mapping[str, type]
-) -> dict[str, dict[str, Any]]:
-    """Split flat ``key=value`` overrides into sections.
-
-    A key may be qualified (``benchmark.shots``) or bare (``shots``), in which case it must
-    belong to exactly one section.  A TOML table (``[benchmark]``) arrives as a nested dict.
-    """
-    out: dict[str, dict[str, Any]] = {s: {} for s in classes}
-    fields = {s: [f.name for f in dataclasses.fields(c)] for s, c in classes.items()}
-    for key, value in overrides.items():
-        if isinstance(value, dict) and key in classes:
-            for k, v in value.items():
-                out[key][k] = v
-            continue
-        section, dot, name = key.partition(".")
-        if dot and section in classes:
-            out[section][name] = value
-            continue
-        if dot:
-            raise ConfigError(f"unknown section '{section}' in '{key}'; sections: {', '.join(classes)}.")
-        owners = [s for s, names in fields.items() if key in names]
-        if len(owners) > 1:
-            raise ConfigError(f"'{key}' is a hyperparameter of {' and '.join(owners)}; write "
-                              + " or ".join(f"'{o}.{key}'" for o in owners) + ".")
-        if not owners:
-            every = sorted({n for names in fields.values() for n in names})
-            raise ConfigError(f"unknown hyperparameter '{key}'." + did_you_mean(key, every)
-                              + " Valid keys: " + "; ".join(f"{s}: {', '.join(n)}" for s, n in fields.items()) + ".")
-        out[owners[0]][key] = value
-    return out
-
-
 def write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     with tmp.open("w") as fh:
@@ -116,10 +81,6 @@ def _json_default(o: Any) -> Any:
     return str(o)
 
 
-def _config_dict(cfg: Any) -> dict[str, Any]:
-    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-
-
 class _Terminated(KeyboardInterrupt):
     """SIGTERM, turned into an interrupt so the run is saved like after Ctrl-C."""
 
@@ -131,7 +92,7 @@ class Run:
         self,
         algorithm: str,
         benchmark: str,
-        overrides: Mapping[str, Any] | None = None,
+        overrides: Overrides | Mapping[str, Any] | None = None,
         *,
         out: str | Path | None = None,
         manager: PluginManager | None = None,
@@ -153,18 +114,19 @@ class Run:
                 f"'{benchmark}' does not. Compatible benchmarks: {', '.join(ok) or 'none installed'}."
             )
         classes = {"algorithm": self.algo_spec.config, "benchmark": self.bench_spec.config, "run": RunConfig}
-        # combiner.* options are resolved once the combiner's name is known (it may itself be overridden)
-        overrides = dict(overrides or {})
-        combiner_over: dict[str, Any] = {}
-        for key in [k for k in overrides if k.startswith("combiner.") or (k == "combiner" and isinstance(overrides[k], dict))]:
-            value = overrides.pop(key)
-            combiner_over.update(value if key == "combiner" else {key.partition(".")[2]: value})
-        sections = resolve_overrides(overrides, classes)
+        sections = resolve_sections(overrides, classes)
+        combiner_over = sections["combiner"]  # checked once the combiner's name is known (it may be overridden)
         run_over = {**self.algo_spec.run_defaults, **sections["run"]}
         algo_fields = {f.name for f in dataclasses.fields(self.algo_spec.config)}
-        # a benchmark may suggest defaults (e.g. inner_lr 0.4 on images); presets and --set win
-        suggested = {k: v for k, v in self.bench_spec.algorithm_defaults.items() if k in algo_fields}
-        algo_over = {**suggested, **reg.preset(algorithm), **sections["algorithm"]}
+        # a benchmark may suggest defaults (e.g. inner_lr 0.4 on images); presets and --set win.
+        # What was applied is said (log) and saved (config.json), never silent.
+        preset = reg.preset(algorithm)
+        self.suggested = {k: v for k, v in self.bench_spec.algorithm_defaults.items()
+                          if k in algo_fields and k not in preset and k not in sections["algorithm"]}
+        if self.suggested:
+            log.info("benchmark %s suggests %s for %s (override with --set)", self.bench_spec.name,
+                     ", ".join(f"{k}={v}" for k, v in self.suggested.items()), self.algo_spec.name)
+        algo_over = {**self.suggested, **preset, **sections["algorithm"]}
         self.algo_config = build_config(self.algo_spec.config, algo_over, where=f"algorithm {self.algo_spec.name}")
         self.bench_config = build_config(self.bench_spec.config, sections["benchmark"], where=f"benchmark {self.bench_spec.name}")
         self.config = build_config(RunConfig, run_over, where="run")
@@ -212,10 +174,14 @@ class Run:
             "algorithm": self.algo_spec.name,
             "algorithm_preset": self.algorithm_name,
             "benchmark": self.bench_spec.name,
-            "algorithm_config": _config_dict(self.algo_config),
-            "benchmark_config": _config_dict(self.bench_config),
-            "run_config": _config_dict(self.config),
-            **({"combiner_config": _config_dict(self.combiner_config)} if self.combiner_config is not None else {}),
+            # the names that select these specs again (package:name when a bare name is another's)
+            "algorithm_ref": self.manager.registry.ref(self.algo_spec),
+            "benchmark_ref": self.manager.registry.ref(self.bench_spec),
+            "suggested_by_benchmark": dict(self.suggested),
+            "algorithm_config": config_dict(self.algo_config),
+            "benchmark_config": config_dict(self.bench_config),
+            "run_config": config_dict(self.config),
+            **({"combiner_config": config_dict(self.combiner_config)} if self.combiner_config is not None else {}),
             "metareg_version": __version__,
             "torch_version": str(torch.__version__),  # a plain str: checkpoints load with weights_only=True
             "plugins": {self.algo_spec.name: f"{self.algo_spec.plugin} ({self.algo_spec.package})",
@@ -256,9 +222,9 @@ class Run:
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
         self.num_params = sum(p.numel() for p in params)
 
-    def evaluate(self, num_tasks: int, seed_offset: int, split: str = "test") -> dict[str, float]:
+    def evaluate(self, num_tasks: int, split: str = "test") -> dict[str, float]:
         """Few-shot evaluation on ``split`` tasks ("val" during training, "test" at the end)."""
-        g = torch.Generator().manual_seed(self.config.seed * 1_000_003 + seed_offset)
+        g = evaluation_generator(self.config.seed, split)
         return evaluate(self.learner, self.bench, num_tasks=num_tasks, steps=self.config.eval_steps, generator=g,
                         chunk=self.config.eval_chunk, split=split, device=self.device, dtype=self.dtype)
 
@@ -309,7 +275,7 @@ class Run:
                     bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
                     self._log(metrics_fh, {"step": step, "split": "train", **m, "loss_avg": loss_avg, "time_s": round(time.perf_counter() - t0, 3)})
                 if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
-                    val = self.evaluate(cfg.val_tasks, seed_offset=1, split="val")
+                    val = self.evaluate(cfg.val_tasks, split="val")
                     m = {**m, **val}
                     self._log(metrics_fh, {"step": step, "split": "val", **val})
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and out is not None:
@@ -325,6 +291,9 @@ class Run:
         summary: dict[str, Any] = {
             "algorithm": self.algo_spec.name,
             "benchmark": self.bench_spec.name,
+            "kind": self.algo_spec.kind,
+            "family": self.algo_spec.family,
+            "metric": self.bench.info.metric,
             "status": status,
             "steps": done,
             "seed": cfg.seed,
@@ -340,8 +309,8 @@ class Run:
             summary["transductive"] = self.bench_config.transductive  # part of the protocol: say it
         if status == "completed":
             t_eval = time.perf_counter()
-            summary.update(self.evaluate(cfg.eval_tasks, seed_offset=2))
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + 3)
+            summary.update(self.evaluate(cfg.eval_tasks))
+            g = evaluation_generator(cfg.seed, "train_tasks")
             summary.update(evaluate_train_tasks(self.learner, self.bench, generator=g, device=self.device, dtype=self.dtype))
             summary["eval_time_s"] = round(time.perf_counter() - t_eval, 3)
         summary["peak_memory_mb"] = _peak_memory_mb(self.device)
@@ -419,21 +388,21 @@ def load_run(folder: str | Path, overrides: Mapping[str, Any] | None = None, *,
                               "checkpoint.pt (a run with --no-save writes none).")
     try:
         saved = json.loads(cfg_path.read_text())
-        algorithm, benchmark = saved["algorithm"], saved["benchmark"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        algorithm = saved.get("algorithm_ref", saved["algorithm"])
+        benchmark = saved.get("benchmark_ref", saved["benchmark"])
+        if not (isinstance(algorithm, str) and isinstance(benchmark, str)):
+            raise TypeError("'algorithm' and 'benchmark' must be names")
+        saved_layer = saved_overrides(saved)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise OutputError(f"{cfg_path} is not a metareg run configuration ({type(e).__name__}: {e}).") from None
-    over: dict[str, Any] = {}
-    for section, key in (("algorithm", "algorithm_config"), ("benchmark", "benchmark_config"),
-                         ("run", "run_config"), ("combiner", "combiner_config")):
-        for k, v in (saved.get(key) or {}).items():
-            over[f"{section}.{k}"] = v
+    changes: dict[str, Any] = {}
     for key, value in (overrides or {}).items():
         name = key.removeprefix("run.")
         if name not in EVAL_KEYS:
             raise ConfigError(f"'{key}' cannot change for a saved run; `metareg eval` sets only "
                               + ", ".join(EVAL_KEYS) + " (train a new run for anything else).")
-        over[f"run.{name}"] = value
-    run = Run(algorithm, benchmark, over, manager=manager)
+        changes[f"run.{name}"] = value
+    run = Run(algorithm, benchmark, Overrides(saved_layer, changes), manager=manager)
     run.build()
     try:
         # TorchVersion: checkpoints written before the config stored the version as a plain str

@@ -30,8 +30,7 @@ from torch import nn
 
 import metareg
 from metareg import MultiTaskConfig, MultiTaskLearner
-from metareg.learners.multitask import feature_dim, run_columns
-from metareg.nets import FunctionalNet, Linear
+from metareg import FunctionalNet, Linear, feature_dim, run_columns
 
 
 class GradientReversal(torch.autograd.Function):

@@ -1,9 +1,9 @@
 """Task-batched backbones: ``mlp``, ``conv4``, ``resnet12``."""
 
 import metareg
-from metareg.nets import mlp as _mlp
-from metareg.nets.conv import conv4 as _conv4
-from metareg.nets.conv import resnet12 as _resnet12
+from metareg import conv4 as _conv4
+from metareg import mlp as _mlp
+from metareg import resnet12 as _resnet12
 
 
 @metareg.backbone("mlp", summary="fully connected ReLU network; hidden widths via backbone options (default 40, 40)")

@@ -22,7 +22,7 @@ from torch import nn
 
 import metareg
 from metareg import MultiTaskConfig, MultiTaskLearner
-from metareg.learners.multitask import pick_columns
+from metareg import pick_columns
 
 
 @metareg.config

@@ -2,7 +2,7 @@
 sets rendered from matplotlib's DejaVu fonts, generated once and cached)."""
 
 import metareg
-from metareg.tasks.glyphs import Glyphs, GlyphsConfig
+from metareg import Glyphs, GlyphsConfig
 
 glyphs = metareg.benchmark(
     "glyphs", summary="Omniglot-like 28x28 characters of 34 scripts from bundled fonts; no download (cached on first use)",

@@ -3,8 +3,7 @@
 folder)."""
 
 import metareg
-from metareg.tasks.digits import Digits, DigitsConfig
-from metareg.tasks.folders import MiniImageNet, MiniImageNetConfig, Omniglot, OmniglotConfig
+from metareg import Digits, DigitsConfig, MiniImageNet, MiniImageNetConfig, Omniglot, OmniglotConfig
 
 OMNIGLOT = ("Lake, Salakhutdinov, Tenenbaum. Human-level concept learning through probabilistic program induction. "
             "Science 2015; split of Vinyals et al. Matching Networks for One Shot Learning. NeurIPS 2016")

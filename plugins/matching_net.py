@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg.learners import EmbeddingLearner, one_hot
+from metareg import EmbeddingLearner, one_hot
 
 
 @metareg.config

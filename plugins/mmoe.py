@@ -21,7 +21,7 @@ from torch import nn
 
 import metareg
 from metareg import MultiTaskConfig, MultiTaskLearner
-from metareg.learners.multitask import run_columns
+from metareg import run_columns
 
 
 @metareg.config

@@ -7,8 +7,16 @@ can train on all of them too (``episodic``: their batches are tasks of the train
 """
 
 import metareg
-from metareg.tasks.mtl_images import DigitsMTL, DigitsMTLConfig, GlyphsMTL, GlyphsMTLConfig
-from metareg.tasks.mtl_regression import GradNormToy, GradNormToyConfig, Relatedness, RelatednessConfig
+from metareg import (
+    DigitsMTL,
+    DigitsMTLConfig,
+    GlyphsMTL,
+    GlyphsMTLConfig,
+    GradNormToy,
+    GradNormToyConfig,
+    Relatedness,
+    RelatednessConfig,
+)
 
 
 def _named(cls, name):

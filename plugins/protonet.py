@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import metareg
-from metareg.learners import EmbeddingLearner, class_means
+from metareg import EmbeddingLearner, class_means
 
 
 @metareg.config

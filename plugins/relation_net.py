@@ -23,8 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg.learners import EmbeddingLearner, class_means, one_hot
-from metareg.nets.conv import batch_norm
+from metareg import EmbeddingLearner, batch_norm, class_means, one_hot
 
 
 @metareg.config

@@ -8,7 +8,7 @@ a new task; on the training tasks each network sees only its own task's data.
 
 import metareg
 from metareg import MultiTaskConfig
-from metareg.learners.multitask import TaskNetworksLearner
+from metareg import TaskNetworksLearner
 
 
 @metareg.config

@@ -2,7 +2,7 @@
 ``sinusoid_mtl`` (M fixed training sinusoids with a head each, evaluated on new sinusoids)."""
 
 import metareg
-from metareg.tasks import Sinusoid, SinusoidConfig, SinusoidMTL, SinusoidMTLConfig
+from metareg import Sinusoid, SinusoidConfig, SinusoidMTL, SinusoidMTLConfig
 
 PAPER = "Finn, Abbeel, Levine. Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks. ICML 2017"
 

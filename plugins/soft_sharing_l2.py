@@ -24,7 +24,7 @@ fine-tuned per new task too).
 
 import metareg
 from metareg import MultiTaskConfig
-from metareg.learners.multitask import TaskNetworksLearner
+from metareg import TaskNetworksLearner
 
 
 @metareg.config

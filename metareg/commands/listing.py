@@ -10,32 +10,13 @@ import click
 from ..config import describe
 from ..errors import UnknownNameError, did_you_mean
 from ..plugins import get_manager
+from ..text import table
 
-__all__ = ["list_cmd", "info_cmd", "plugins_cmd", "table"]
+__all__ = ["list_cmd", "info_cmd", "plugins_cmd"]
 
 
 def _manager(ctx: click.Context):
     return ctx.obj or get_manager()
-
-
-def table(rows: list[list[str]], headers: list[str], max_width: dict[int, int] | None = None) -> str:
-    """A plain aligned text table (no dependency, copy-paste friendly)."""
-    max_width = max_width or {}
-    cells = [[str(c) for c in headers]] + [[str(c) for c in r] for r in rows]
-    for r in cells:
-        for i, c in enumerate(r):
-            w = max_width.get(i)
-            if w and len(c) > w:
-                r[i] = c[: w - 1] + "…"
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _failures(m) -> None:
-    for f in m.failures:
-        click.echo(f"warning: {f.line()} (see `metareg plugins`)", err=True)
 
 
 @click.command("list")
@@ -85,7 +66,6 @@ def list_cmd(ctx: click.Context, pattern: str | None, kind: str | None, as_json:
                          ["name", "summary", "plugin (package)"], {1: 80}))
     if not (algos or benches or backbones):
         click.echo(f"nothing matches {pattern!r}" if pattern else "nothing is registered: is metareg installed (pip install -e .)?")
-    _failures(m)
 
 
 def _fmt_default(v) -> str:

@@ -9,35 +9,12 @@ from pathlib import Path
 
 import click
 
-from ..config import load_toml, parse_value
 from ..errors import ConfigError
+from ..evaluate import is_metric_key
+from ..overrides import collect_overrides
 from ..plugins import get_manager
 
-__all__ = ["run_cmd", "parse_sets", "collect_overrides"]
-
-
-def parse_sets(items: tuple[str, ...]) -> dict:
-    out = {}
-    for item in items:
-        key, eq, value = item.partition("=")
-        if not eq or not key.strip():
-            raise ConfigError(f"--set expects key=value (like inner_lr=0.05 or benchmark.shots=5), got {item!r}.")
-        out[key.strip()] = parse_value(value.strip())
-    return out
-
-
-def collect_overrides(config_file: Path | None, sets: tuple[str, ...], steps: int | None, device: str | None,
-                      seed: int | None) -> dict:
-    """Overrides from a TOML file (flat keys or [algorithm]/[benchmark]/[run] tables), then --set,
-    then the dedicated flags, each later source winning; shared by `run` and `compare`."""
-    if steps is not None and steps < 1:
-        raise ConfigError(f"--steps must be at least 1, got {steps}.")
-    overrides: dict = load_toml(config_file) if config_file is not None else {}
-    overrides.update(parse_sets(sets))
-    for key, value in (("run.steps", steps), ("run.device", device), ("run.seed", seed)):
-        if value is not None:
-            overrides[key] = value
-    return overrides
+__all__ = ["run_cmd"]
 
 
 @click.command("run")
@@ -70,7 +47,11 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
         spec = manager.registry.get("algorithm", name)
         ok = [b.name for b in manager.registry.list("benchmark") if spec.requires <= b.provides]
         raise ConfigError(f"which benchmark? pass --benchmark B; {spec.name} runs on: {', '.join(ok) or 'none installed'}.")
-    overrides = collect_overrides(config_file, sets, steps, device, seed)
+    overrides = collect_overrides(config_file, sets, steps=steps, device=device, seed=seed)
+    if no_save and out is not None:
+        raise ConfigError("--out and --no-save contradict each other; pass one of them.")
+    if out is not None and str(out).strip() == "":
+        raise ConfigError("--out is empty; pass a folder name.")
     if no_save:
         out_dir = None
     elif out is not None:
@@ -96,13 +77,13 @@ def _print_summary(s: dict) -> None:
     click.echo(f"{s['algorithm']} on {s['benchmark']}: {status} after {s['steps']} steps "
                f"({s['train_time_s']:.1f} s, {s['steps_per_s']} steps/s{_sampling(s)}), "
                f"final training loss {s['final_loss']:.4f}")
-    keys = [k for k in s if not k.endswith("_ci95") and (k.startswith(("mse_", "accuracy_")) or k in ("mse", "accuracy"))]
+    keys = [k for k in s if is_metric_key(k, s.get("metric")) and not k.startswith("train_tasks_")]
     if keys:
         click.echo(f"held-out tasks ({s.get('eval_tasks')}), mean ± 95% CI:")
         for k in keys:
             ci = s.get(k + "_ci95", math.nan)
             click.echo(f"  {k:<28} {s[k]:.4f} ± {ci:.4f}")
-    for k in [k for k in s if k.startswith("train_tasks_") and not k.endswith(("_ci95", "_per_task"))]:
+    for k in [k for k in s if k.startswith("train_tasks_") and is_metric_key(k, s.get("metric"))]:
         click.echo(f"training tasks, fresh samples, mean ± 95% CI over tasks:\n  {k:<28} {s[k]:.4f} ± "
                    f"{s.get(k + '_ci95', math.nan):.4f}")
     if "out" in s:

@@ -65,3 +65,59 @@ class Learner(nn.Module):
         adaptation steps on ``batch.support_*`` (``k = 0``: before adaptation).  Must leave the
         learner's own parameters unchanged."""
         raise NotImplementedError
+
+    #: adaptation steps :meth:`adapt` takes when none are asked for (``metareg.load`` sets it to
+    #: the most steps the run was evaluated with); None: the config's ``inner_steps``, else 1
+    adapt_steps: int | None = None
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, *, steps: int | None = None) -> Callable[[Tensor], Tensor]:
+        """Adapt to a new task from its support set; returns ``predict(query_x) -> predictions``.
+
+        Shapes: one task ``support_x`` [S, *input_shape], ``support_y`` [S] (class indices) or
+        [S, output_dim]; or T tasks at once with a leading [T, ...] dimension.  ``predict`` takes
+        [Q, *input_shape] (or [T, Q, ...]) and returns [Q, output_dim] (or [T, Q, output_dim]):
+        class scores for classification, values for regression.  ``steps`` is the number of
+        adaptation steps (ignored by learners that adapt without steps, e.g. metric-based ones).
+        The learner's own parameters are never changed; each ``predict`` call adapts afresh from
+        the support set (learners adapt and predict in one pass), so pass every query at once.
+        """
+        from ..errors import ShapeError
+
+        info = self.task
+        single = support_x.dim() == len(info.input_shape) + 1
+        sx, sy = (support_x.unsqueeze(0), support_y.unsqueeze(0)) if single else (support_x, support_y)
+        if sx.dim() != len(info.input_shape) + 2 or tuple(sx.shape[2:]) != tuple(info.input_shape):
+            raise ShapeError(f"support_x must be [S, {', '.join(map(str, info.input_shape))}] (one task) or "
+                             f"[T, S, ...] (several); got {list(support_x.shape)}.")
+        classification = info.loss == "cross_entropy"
+        want = 2 if classification else 3
+        if sy.dim() != want or sy.shape[:2] != sx.shape[:2]:
+            raise ShapeError(f"support_y must be {'class indices [S]' if classification else f'[S, {info.output_dim}]'} "
+                             f"matching support_x's {list(support_x.shape[: 1 if single else 2])}; got {list(support_y.shape)}.")
+        param = next(iter(self.parameters()), None)
+        device = param.device if param is not None else torch.device("cpu")
+        dtype = param.dtype if param is not None else torch.float32
+        sx = sx.detach().to(device, dtype)
+        sy = sy.detach().to(device, torch.long if classification else dtype)
+        k = steps if steps is not None else (self.adapt_steps if self.adapt_steps is not None
+                                             else getattr(self.config, "inner_steps", 1))
+        k = k if self.step_adaptation else 0
+
+        def predict(query_x: Tensor) -> Tensor:
+            qx = query_x.unsqueeze(0) if single else query_x
+            if qx.dim() != sx.dim() or qx.shape[0] != sx.shape[0] or tuple(qx.shape[2:]) != tuple(info.input_shape):
+                raise ShapeError(f"query_x must be [{'Q' if single else f'{sx.shape[0]}, Q'}, "
+                                 f"{', '.join(map(str, info.input_shape))}]; got {list(query_x.shape)}.")
+            qx = qx.detach().to(device, dtype)
+            qy = (torch.zeros(qx.shape[:2], dtype=torch.long, device=device) if classification
+                  else torch.zeros(*qx.shape[:2], info.output_dim, dtype=dtype, device=device))
+            was_training = self.training
+            self.eval()
+            try:
+                out = self.adapt_predict(TaskBatch(sx, sy, qx, qy), [k])[k].detach()
+            finally:
+                self.train(was_training)
+            return out[0] if single else out
+
+        return predict
+

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import IncompatibleError, ShapeError
+from ..registry import spec_of
 from ._qp import gram, nonneg_qp, normalized_gram, project_simplex, projection_orders, solve_spd
 
 __all__ = ["Combiner", "GramCombiner", "SeededGramCombiner", "task_jacobian", "gram", "normalized_gram", "nonneg_qp", "project_simplex",
@@ -54,7 +55,7 @@ class Combiner(nn.Module):
 
     def task_index(self, t: int, task_ids: Tensor | None, device: torch.device) -> Tensor:
         """Indices [T] into per-task state (``num_tasks`` entries) for a batch of T tasks."""
-        name = getattr(getattr(type(self), "__metareg_spec__", None), "name", type(self).__name__)
+        name = getattr(spec_of(type(self)), "name", type(self).__name__)
         if self.num_tasks is None:
             raise IncompatibleError(f"combiner '{name}' keeps per-task state and needs num_tasks; build it "
                                     "with factory(config, num_tasks=M) as the runner does.")
