@@ -82,7 +82,8 @@ def make_cli(manager=None) -> click.Group:
 
     for cmd in (list_cmd, info_cmd, plugins_cmd, run_cmd):
         cli.add_command(cmd)
-    for module, name in (("ops", "ops"), ("bench", "bench"), ("compare", "compare"), ("evaluate", "eval_cmd")):
+    for module, name in (("ops", "ops"), ("bench", "bench"), ("compare", "compare"), ("evaluate", "eval_cmd"),
+                         ("check_plugin", "check_plugin_cmd")):
         try:
             mod = __import__(f"metareg.commands.{module}", fromlist=[name])
         except ImportError:
@@ -92,7 +93,6 @@ def make_cli(manager=None) -> click.Group:
             cli.add_command(cmd)
     from .plugins import get_manager
 
-    _install_warning_handler()
     m = manager or get_manager()
     m.hook.register_commands(cli=cli)
     m.registry  # every command reports the plugins' load problems the same way, once, right here
@@ -100,6 +100,7 @@ def make_cli(manager=None) -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
+    _install_warning_handler()  # before any plugin loads: every load problem becomes one line
     try:
         cli = make_cli()
     except MetaregError as e:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import pluggy
 
-__all__ = ["hookspec", "hookimpl", "PROJECT"]
+__all__ = ["hookspec", "hookimpl", "PROJECT", "hook_docs"]
 
 PROJECT = "metareg"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -65,3 +65,18 @@ def on_step_end(run, step, metrics):
 @hookspec
 def on_run_end(run, summary):
     """The run finished (or was interrupted: ``summary["status"]`` says which)."""
+
+
+def hook_docs() -> dict[str, str]:
+    """Each hook's name and the first sentence of its docstring (``metareg info``)."""
+    import sys
+
+    module = sys.modules[__name__]
+    out = {}
+    for name in dir(module):
+        fn = getattr(module, name)
+        if getattr(fn, PROJECT + "_spec", None) is not None:
+            doc = " ".join((fn.__doc__ or "").split())
+            out[name] = doc.split(". ")[0].rstrip(".") + "."
+    return out
+

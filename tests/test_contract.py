@@ -1,89 +1,85 @@
 """Contract tests generated from the registry: every registered learner, on every benchmark it
 declares itself compatible with, must train, fill gradients, evaluate, leave its parameters alone
-while adapting, and give the same numbers for the same seed.  A new plugin is checked for free."""
-
-import dataclasses
-import math
+while adapting, and give the same numbers for the same seed; every benchmark, combiner and
+backbone keeps its own contract.  A new plugin is checked for free.  The checks themselves live
+in :mod:`metareg.contract`, which `metareg check-plugin DIST` runs on a third party's package."""
 
 import pytest
-import torch
 
-from metareg import plugins
-from metareg.errors import DataError
-from metareg.runner import Run
-
-# keep every case tiny: these fields are shrunk wherever a benchmark has them
-SMALL = {"meta_batch": 2, "query": 3, "eval_query": 5, "num_tasks": 3, "max_per_group": 3}
+from metareg import contract, plugins
 
 
-def _cases():
+def _registry_now():
     plugins.reset()
     reg = plugins.get_registry()
-    cases = []
-    for a in reg.list("algorithm"):
-        if a.role != "learner":
-            continue
-        for b in reg.list("benchmark"):
-            if a.requires <= b.provides:
-                cases.append(pytest.param(a.name, b.name, id=f"{a.name}-{b.name}"))
+    cases = {
+        "learners": [pytest.param(a, b, id=f"{a}-{b}") for a, b in contract.learner_cases()],
+        "benchmarks": reg.names("benchmark"),
+        "combiners": [s.name for s in reg.list("algorithm") if s.role == "combiner"],
+        "backbones": reg.names("backbone"),
+    }
     plugins.reset()
     return cases
 
 
-def _build_or_skip(run):
+CASES = _registry_now()
+
+
+def _run(check, *args, **kw):
     try:
-        run.build()
-    except DataError as e:  # benchmarks that read a user's dataset folder (omniglot, miniimagenet)
-        pytest.skip(f"needs a dataset folder: {e}")
-
-
-def _overrides(bench):
-    spec = plugins.get_registry().get("benchmark", bench)
-    names = {f.name for f in dataclasses.fields(spec.config)}
-    small = {f"benchmark.{k}": v for k, v in SMALL.items() if k in names}
-    if "num_tasks" in names and "meta_batch" in names:
-        small["benchmark.meta_batch"] = 2
-    return {**small, "steps": 2, "eval_tasks": 4, "val_every": 0, "eval_steps": [0, 1, 2], "eval_chunk": 2}
-
-
-CASES = _cases()
+        check(*args, **kw)
+    except contract.ContractSkip as e:
+        pytest.skip(str(e))
 
 
 def test_every_builtin_learner_has_a_case():
-    names = {c.values[0] for c in CASES}
-    assert {"maml", "fomaml", "reptile", "meta_sgd", "anil", "hard_sharing"} <= names
+    names = {c.values[0] for c in CASES["learners"]}
+    assert {"maml", "fomaml", "reptile", "meta_sgd", "anil", "hard_sharing", "protonet"} <= names
 
 
-@pytest.mark.parametrize("algo,bench", CASES)
+@pytest.mark.parametrize("algo,bench", CASES["learners"])
 def test_learner_contract(algo, bench):
-    run = Run(algo, bench, _overrides(bench))
-    _build_or_skip(run)
-    learner = run.learner
-    assert learner.kind in ("meta", "multitask")
-    assert learner.kind == run.algo_spec.kind
-    batch = run.bench.train_batch(torch.Generator().manual_seed(0))
-    metrics = learner.step(batch)
-    assert math.isfinite(metrics["loss"])
-    for name, p in learner.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None, f"{algo}: step() left {name}.grad empty"
-            assert torch.isfinite(p.grad).all(), f"{algo}: non-finite gradient in {name}"
-
-    ev = run.bench.eval_batch(torch.Generator().manual_seed(1), 3)
-    before = {n: p.detach().clone() for n, p in learner.named_parameters()}
-    preds = learner.adapt_predict(ev, [0, 1, 2])
-    assert set(preds) == {0, 1, 2}
-    for n, p in learner.named_parameters():
-        assert torch.equal(before[n], p.detach()), f"{algo}: adapt_predict changed {n}"
-    for k, pred in preds.items():
-        assert pred.shape[:2] == ev.query_x.shape[:2] and torch.isfinite(pred).all()
+    _run(contract.check_learner, algo, bench)
 
 
-@pytest.mark.parametrize("algo,bench", CASES)
+@pytest.mark.parametrize("algo,bench", CASES["learners"])
 def test_same_seed_same_numbers(algo, bench):
-    _build_or_skip(Run(algo, bench, _overrides(bench)))
-    a = Run(algo, bench, _overrides(bench)).execute(progress=False)
-    b = Run(algo, bench, _overrides(bench)).execute(progress=False)
-    keys = [k for k in a if k.startswith(("mse", "accuracy")) or k == "final_loss"]
-    assert keys
-    assert {k: a[k] for k in keys} == {k: b[k] for k in keys}
+    _run(contract.check_same_seed, algo, bench)
+
+
+@pytest.mark.parametrize("bench", CASES["benchmarks"])
+def test_benchmark_contract(bench):
+    _run(contract.check_benchmark, bench)
+
+
+@pytest.mark.parametrize("name", CASES["combiners"])
+def test_combiner_contract(name):
+    _run(contract.check_combiner, name)
+
+
+@pytest.mark.parametrize("name", CASES["backbones"])
+def test_backbone_contract(name):
+    _run(contract.check_backbone, name)
+
+
+def test_a_broken_learner_fails_the_contract(monkeypatch):
+    """The checks can fail: a learner whose step also moves its parameters is caught."""
+    from metareg.runner import Run
+
+    real_build = Run.build
+
+    def build(self):
+        real_build(self)
+        step = self.learner.step
+
+        def bad_step(batch):
+            out = step(batch)
+            for p in self.learner.parameters():
+                p.data.add_(1.0)
+            return out
+
+        self.learner.step = bad_step
+
+    monkeypatch.setattr(Run, "build", build)
+    with pytest.raises(contract.ContractFailure, match="step\\(\\) changed"):
+        contract.check_learner("maml", "sinusoid")

@@ -10,6 +10,7 @@ import click
 from ..config import describe
 from ..errors import UnknownNameError, did_you_mean
 from ..plugins import get_manager
+from ..registry import CAPABILITIES, FAMILIES, KINDS
 from ..text import table
 
 __all__ = ["list_cmd", "info_cmd", "plugins_cmd"]
@@ -37,32 +38,33 @@ def list_cmd(ctx: click.Context, pattern: str | None, kind: str | None, as_json:
     if as_json:
         out = {
             "algorithms": [
-                {"name": s.name, "kind": s.kind, "role": s.role, "family": s.family, "summary": s.summary,
+                {"name": s.name, "ref": reg.ref(s), "kind": s.kind, "role": s.role, "family": s.family, "summary": s.summary,
                  "paper": s.paper, "plugin": s.plugin, "package": s.package, "requires": sorted(s.requires)}
                 for s in algos
             ],
             "benchmarks": [
-                {"name": s.name, "summary": s.summary, "provides": sorted(s.provides), "metric": s.metric,
+                {"name": s.name, "ref": reg.ref(s), "summary": s.summary, "provides": sorted(s.provides), "metric": s.metric,
                  "paper": s.paper, "plugin": s.plugin, "package": s.package}
                 for s in benches
             ],
-            "backbones": [{"name": s.name, "summary": s.summary, "plugin": s.plugin, "package": s.package} for s in backbones],
+            "backbones": [{"name": s.name, "ref": reg.ref(s), "summary": s.summary, "plugin": s.plugin, "package": s.package}
+                          for s in backbones],
             "plugin_errors": [f.line() for f in m.failures],
         }
         click.echo(json.dumps(out, indent=2))
         return
     wide = {3: 60, 4: 40}
     if algos:
-        click.echo(table([[s.name, s.kind, s.family if s.role == "learner" else f"{s.family} (combiner)", s.summary, s.paper,
+        click.echo(table([[reg.ref(s), s.kind, s.family if s.role == "learner" else f"{s.family} (combiner)", s.summary, s.paper,
                            f"{s.plugin} ({s.package})"] for s in algos],
                          ["name", "kind", "family", "summary", "paper", "plugin (package)"], wide))
     if benches:
         click.echo("\nbenchmarks")
-        click.echo(table([[s.name, ", ".join(sorted(s.provides)), s.metric, s.summary, f"{s.plugin} ({s.package})"] for s in benches],
+        click.echo(table([[reg.ref(s), ", ".join(sorted(s.provides)), s.metric, s.summary, f"{s.plugin} ({s.package})"] for s in benches],
                          ["name", "provides", "metric", "summary", "plugin (package)"], {3: 70}))
     if backbones:
         click.echo("\nbackbones")
-        click.echo(table([[s.name, s.summary, f"{s.plugin} ({s.package})"] for s in backbones],
+        click.echo(table([[reg.ref(s), s.summary, f"{s.plugin} ({s.package})"] for s in backbones],
                          ["name", "summary", "plugin (package)"], {1: 80}))
     if not (algos or benches or backbones):
         click.echo(f"nothing matches {pattern!r}" if pattern else "nothing is registered: is metareg installed (pip install -e .)?")
@@ -76,14 +78,39 @@ def _fmt_default(v) -> str:
     return str(v)
 
 
+def _vocabulary(as_json: bool) -> None:
+    from ..hookspecs import hook_docs
+
+    vocab = {"kinds": dict(KINDS), "families": dict(FAMILIES), "capabilities": dict(CAPABILITIES), "hooks": hook_docs()}
+    if as_json:
+        click.echo(json.dumps(vocab, indent=2))
+        return
+    click.echo("What a plugin may declare (anything else is refused when it registers):\n")
+    click.echo(table([[k, v] for k, v in KINDS.items()], ["kind", "meaning"]))
+    click.echo()
+    click.echo(table([[k, v] for k, v in FAMILIES.items()], ["family", "meaning"]))
+    click.echo()
+    click.echo(table([[k, v] for k, v in CAPABILITIES.items()] + [["package.name", "a capability of your own (dotted)"]],
+                     ["provides / requires", "meaning"]))
+    click.echo()
+    click.echo(table([[k, v] for k, v in vocab["hooks"].items()], ["hook", "what it is for"], {1: 90}))
+    click.echo("\nmetareg info NAME shows one algorithm, benchmark or backbone; the README's 'Writing a plugin' has examples.")
+
+
 @click.command("info")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 @click.pass_context
-def info_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
-    """Hyperparameters (type, default, doc) of an algorithm or benchmark, and what it runs on."""
+def info_cmd(ctx: click.Context, name: str | None, as_json: bool) -> None:
+    """Hyperparameters (type, default, doc) of an algorithm or benchmark, and what it runs on.
+
+    Without NAME: the kinds, families and capabilities a plugin may declare, and the hooks.
+    """
     from ..runner import RunConfig
 
+    if name is None:
+        _vocabulary(as_json)
+        return
     m = _manager(ctx)
     reg = m.registry
     spec = None
@@ -99,9 +126,9 @@ def info_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     params = describe(spec.config) if hasattr(spec, "config") else []
     compatible: list[str] = []
     if spec.category == "algorithm" and spec.role == "learner":
-        compatible = [b.name for b in reg.list("benchmark") if spec.requires <= b.provides]
+        compatible = [reg.ref(b) for b in reg.list("benchmark") if spec.requires <= b.provides]
     elif spec.category == "benchmark":
-        compatible = [a.name for a in reg.list("algorithm") if a.role == "learner" and a.requires <= spec.provides]
+        compatible = [reg.ref(a) for a in reg.list("algorithm") if a.role == "learner" and a.requires <= spec.provides]
     if as_json:
         out = {"name": spec.name, "category": spec.category, "summary": spec.summary, "paper": getattr(spec, "paper", ""),
                "plugin": spec.plugin, "package": spec.package,
@@ -128,7 +155,9 @@ def info_cmd(ctx: click.Context, name: str, as_json: bool) -> None:
     if spec.category == "algorithm" and spec.run_defaults:
         click.echo("run defaults: " + ", ".join(f"{k}={v}" for k, v in spec.run_defaults.items()))
     if spec.category == "algorithm" and spec.role == "learner":
-        click.echo("\ncompatible benchmarks: " + (", ".join(compatible) or "none installed"))
+        click.echo("\nrequires: " + (", ".join(f"{c} ({CAPABILITIES.get(c, 'a plugin capability')})"
+                                               for c in sorted(spec.requires)) or "nothing"))
+        click.echo("compatible benchmarks: " + (", ".join(compatible) or "none installed"))
         click.echo("run options (--set run.key=value or the flags of `metareg run`): "
                    + ", ".join(p.name for p in describe(RunConfig)))
     elif spec.category == "algorithm":
