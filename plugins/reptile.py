@@ -38,7 +38,7 @@ class Reptile(GradientMetaLearner):
         with torch.no_grad():
             before = self.losses(self.predict(theta, x), y).mean().item()
         with torch.enable_grad():
-            fast, _ = self.adapt(theta, x, y, self.config.inner_steps, create_graph=False)
+            fast, _ = self.inner_loop(theta, x, y, self.config.inner_steps, create_graph=False)
         self.theta.grad = theta - fast.detach().mean(0)
         return {"loss": before}
 

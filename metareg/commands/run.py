@@ -60,6 +60,10 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         out_dir = Path("runs") / f"{name}-{bench}-{stamp}"
     run = Run(name, bench, overrides, out=out_dir, manager=manager)
+    if run.suggested:
+        click.echo(f"note: benchmark {run.bench_spec.name} suggests "
+                   + ", ".join(f"{k}={v}" for k, v in run.suggested.items())
+                   + f" for {run.algo_spec.name} (applied and saved in config.json; --set overrides)", err=True)
     summary = run.execute(progress=None if as_json else True)
     if as_json:
         click.echo(json.dumps(summary, default=str))

@@ -107,7 +107,7 @@ class GradientMetaLearner(Learner):
         (g,) = torch.autograd.grad(loss, p, create_graph=create_graph)
         return g
 
-    def adapt(self, fast: Tensor, feats: Tensor, y: Tensor, steps: int, *, create_graph: bool,
+    def inner_loop(self, fast: Tensor, feats: Tensor, y: Tensor, steps: int, *, create_graph: bool,
               lr: float | Tensor | None = None, keep: Sequence[int] = ()) -> tuple[Tensor, dict[int, Tensor]]:
         """``steps`` inner updates from ``fast`` ([P_a] shared start, or [T, P_a]) on the support
         set; returns the final [T, P_a] fast weights and those after each step count in ``keep``.
@@ -138,7 +138,7 @@ class GradientMetaLearner(Learner):
     def step(self, batch: TaskBatch) -> dict[str, float]:
         theta = self.theta
         feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
-        fast, _ = self.adapt(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
+        fast, _ = self.inner_loop(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
                              create_graph=not self.config.first_order)
         query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
         meta_loss = query_losses.mean()
@@ -151,7 +151,7 @@ class GradientMetaLearner(Learner):
             with torch.no_grad():
                 feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
             wanted = sorted(set(steps))
-            _, kept = self.adapt(self._adapted(theta), feats_s, batch.support_y, max(wanted), create_graph=False,
+            _, kept = self.inner_loop(self._adapted(theta), feats_s, batch.support_y, max(wanted), create_graph=False,
                                  lr=_detached(self.inner_lr()), keep=[k for k in wanted if k > 0])
             out = {}
             with torch.no_grad():

@@ -103,3 +103,10 @@ class SinusoidMTL(Sinusoid):
         else:
             ids = torch.randperm(c.num_tasks, generator=generator)[: c.meta_batch]
         return self._batch(self.amp[ids], self.phase[ids], c.query, generator, ids)
+
+    def train_tasks_batch(self, generator: torch.Generator) -> TaskBatch:
+        """Fresh samples (``eval_query`` per task) of all M training sinusoids, with their ids: the
+        seen-task error a multi-task learner's summary reports as ``train_tasks_mse``."""
+        c = self.config
+        return self._batch(self.amp, self.phase, c.eval_query, generator, torch.arange(c.num_tasks))
+
