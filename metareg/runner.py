@@ -41,7 +41,9 @@ log = logging.getLogger(__name__)
 
 @config
 class RunConfig:
-    steps: int = param(3000, "outer (meta-)training steps", ge=1)
+    steps: int = param(3000, "outer (meta-)training steps (the most, when time_budget_s stops it first)", ge=1)
+    time_budget_s: float = param(0.0, "stop training after this many seconds of training steps (0: no time limit); "
+                                      "the summary says how many steps were reached", ge=0)
     optimizer: Literal["adam", "sgd"] = param("adam", "outer optimizer (the runner owns it)")
     lr: float = param(1e-3, "outer learning rate", gt=0)
     grad_clip: float = param(0.0, "clip the outer gradient norm at this value (0: off)", ge=0)
@@ -242,6 +244,7 @@ class Run:
         hook = self.manager.hook
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         status, done, loss_avg = "completed", 0, float("nan")
+        stopped_by = "steps"
         old_term = signal.getsignal(signal.SIGTERM)
 
         def on_term(signum, frame):  # noqa: ARG001
@@ -274,6 +277,11 @@ class Run:
                 if step % cfg.log_every == 0 or step == cfg.steps:
                     bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
                     self._log(metrics_fh, {"step": step, "split": "train", **m, "loss_avg": loss_avg, "time_s": round(time.perf_counter() - t0, 3)})
+                if cfg.time_budget_s and train_time >= cfg.time_budget_s and step != cfg.steps:
+                    stopped_by = "time_budget"
+                    hook.on_step_end(run=self, step=step, metrics=m)
+                    bar.update(1)
+                    break
                 if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
                     val = self.evaluate(cfg.val_tasks, split="val")
                     m = {**m, **val}
@@ -304,12 +312,15 @@ class Run:
             "sample_time_s": round(sample_time, 3),
             "sample_share": round(sample_time / train_time, 4) if train_time > 0 else None,
             "final_loss": loss_avg,
+            "stopped_by": stopped_by if status == "completed" else status,
         }
         if hasattr(self.bench_config, "transductive"):
             summary["transductive"] = self.bench_config.transductive  # part of the protocol: say it
         if status == "completed":
             t_eval = time.perf_counter()
             summary.update(self.evaluate(cfg.eval_tasks))
+            # adapting to a new task is what a user pays per task: all evaluated step counts included
+            summary["adapt_time_per_task_ms"] = round(1000 * (time.perf_counter() - t_eval) / cfg.eval_tasks, 3)
             g = evaluation_generator(cfg.seed, "train_tasks")
             summary.update(evaluate_train_tasks(self.learner, self.bench, generator=g, device=self.device, dtype=self.dtype))
             summary["eval_time_s"] = round(time.perf_counter() - t_eval, 3)
