@@ -16,7 +16,7 @@ import datetime as _dt
 import inspect
 import json
 import logging
-import os
+import math
 import signal
 import tempfile
 import time
@@ -30,7 +30,10 @@ from . import __version__
 from .config import build_config, config, param
 from .errors import ConfigError, IncompatibleError, OutputError
 from .overrides import Overrides, config_dict, resolve_sections, saved_overrides
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng
 from .evaluate import evaluate, evaluate_train_tasks, evaluation_generator
+from .io import AppendLog, FolderLock, describe_os_error, save_torch, write_json
 from .learners.base import LearnerContext
 from .plugins import PluginManager, get_manager
 
@@ -56,7 +59,13 @@ class RunConfig:
     val_tasks: int = param(100, "held-out tasks of each periodic evaluation", ge=1)
     eval_chunk: int = param(100, "tasks adapted at once during evaluation (memory bound)", ge=1)
     log_every: int = param(10, "write the training loss to metrics.jsonl every N steps", ge=1)
-    checkpoint_every: int = param(0, "also checkpoint every N steps (0: only at the end)", ge=0)
+    checkpoint_every: int = param(500, "checkpoint every N steps (0: not by steps); `metareg run --resume DIR` continues "
+                                       "from the last one", ge=0)
+    checkpoint_every_s: float = param(60.0, "also checkpoint when this many seconds passed since the last one (0: not by time)",
+                                      ge=0)
+    on_nonfinite: Literal["stop", "skip"] = param(
+        "stop", "a NaN or Inf in the loss or gradients: 'stop' the run (status 'diverged', the last good checkpoint "
+        "kept) or 'skip' that step (counted in nonfinite_skipped_steps); non-finite parameters always stop it")
 
     def __post_init__(self) -> None:
         if any(k < 0 for k in self.eval_steps) or not self.eval_steps:
@@ -66,21 +75,28 @@ class RunConfig:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as fh:
-        json.dump(obj, fh, indent=2, default=_json_default)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    """Strict JSON, written atomically (kept for callers of the old name; see :mod:`metareg.io`)."""
+    write_json(path, obj)
 
 
-def _json_default(o: Any) -> Any:
-    if isinstance(o, tuple):
-        return list(o)
-    if isinstance(o, torch.Tensor):
-        return o.tolist()
-    return str(o)
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise OutputError(f"{path} cannot be read ({type(e).__name__}: {e}).") from None
+    if not isinstance(data, dict):
+        raise OutputError(f"{path} is not a JSON object.")
+    return data
+
+
+class _Interrupted(Exception):
+    """A signal arrived and the run stopped at a step boundary after checkpointing."""
+
+
+class _Diverged(Exception):
+    def __init__(self, step: int, what: str) -> None:
+        super().__init__(f"{what} at step {step}")
+        self.step, self.what = step, what
 
 
 class _Terminated(KeyboardInterrupt):
@@ -149,26 +165,67 @@ class Run:
         self.bench = None
         self._check_device()
 
+    @classmethod
+    def from_folder(cls, folder: str | Path, changes: Mapping[str, Any] | None = None, *,
+                    manager: PluginManager | None = None, out: bool = True) -> "Run":
+        """The run saved in ``folder``, from its ``config.json`` (``changes``: run.* keys on top);
+        ``out=True`` writes into that folder again (resume)."""
+        folder = Path(folder)
+        cfg_path = folder / "config.json"
+        if not folder.is_dir():
+            raise OutputError(f"run folder {folder} does not exist.")
+        if not cfg_path.is_file():
+            raise OutputError(f"{cfg_path} is missing: a run folder written by `metareg run` holds config.json and "
+                              "checkpoint.pt (a run with --no-save writes none).")
+        saved = _read_json(cfg_path)
+        try:
+            algorithm = saved.get("algorithm_ref", saved["algorithm"])
+            benchmark = saved.get("benchmark_ref", saved["benchmark"])
+            if not (isinstance(algorithm, str) and isinstance(benchmark, str)):
+                raise TypeError("'algorithm' and 'benchmark' must be names")
+            layer = saved_overrides(saved)
+        except KeyError as e:
+            raise OutputError(f"{cfg_path} is not a metareg run configuration (no {e} entry).") from None
+        except (TypeError, ConfigError) as e:
+            raise OutputError(f"{cfg_path} is not a metareg run configuration ({e}).") from None
+        try:
+            return cls(algorithm, benchmark, Overrides(layer, dict(changes or {})), out=folder if out else None,
+                       manager=manager)
+        except ConfigError as e:
+            raise OutputError(f"{cfg_path} holds settings this metareg refuses: {e}") from None
+
     def _check_device(self) -> None:
         dev = self.config.device
         if dev.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigError(f"device {dev!r} asked for, but this torch ({torch.__version__}) sees no CUDA GPU; use --device cpu.")
 
     # -- output folder -----------------------------------------------------------------------
-    def prepare_output(self) -> Path | None:
+    def prepare_output(self, *, resume: bool = False) -> Path | None:
+        """Create (or, resuming, check) the run folder; nothing is written into it yet."""
         if self.out is None:
+            if resume:
+                raise ConfigError("resuming needs the run folder (--resume DIR).")
             return None
         out = self.out
+        if str(out).strip() == "":
+            raise OutputError("the output folder name is empty; pass a folder.")
         if out.exists() and not out.is_dir():
             raise OutputError(f"--out {out} exists and is not a directory; choose another path.")
+        if resume:
+            for name in ("config.json", "checkpoint.pt"):
+                if not (out / name).is_file():
+                    raise OutputError(f"cannot resume {out}: it has no {name} (a run saves its first checkpoint after "
+                                      f"checkpoint_every steps or checkpoint_every_s seconds).")
+            return out
         if out.is_dir() and any(out.iterdir()):
-            raise OutputError(f"--out {out} already contains files; choose an empty or new folder so no run is overwritten.")
+            raise OutputError(f"--out {out} already contains files; choose an empty or new folder so no run is "
+                              f"overwritten (or continue it with `metareg run --resume {out}`).")
         try:
             out.mkdir(parents=True, exist_ok=True)
             with tempfile.NamedTemporaryFile(dir=out, prefix=".probe"):
                 pass
         except OSError as e:
-            raise OutputError(f"--out {out} is not writable ({e.strerror or e}); choose a folder you can write to.") from None
+            raise OutputError(f"--out {out} is not writable ({describe_os_error(e)}); choose a folder you can write to.") from None
         return out
 
     def resolved_config(self) -> dict[str, Any]:
@@ -231,72 +288,168 @@ class Run:
                         chunk=self.config.eval_chunk, split=split, device=self.device, dtype=self.dtype)
 
     # -- the loop --------------------------------------------------------------------------------
-    def execute(self, *, progress: bool | None = None) -> dict[str, Any]:
-        """Train, evaluate, save; returns the summary (also written to ``summary.json``)."""
+    def execute(self, *, progress: bool | None = None, resume: bool = False) -> dict[str, Any]:
+        """Train, evaluate, save; returns the summary (also written to ``summary.json``).
+
+        ``resume=True`` continues the run saved in ``out`` from its last checkpoint (the same
+        configuration: ``config.json`` and the checkpoint must agree).  Ctrl-C or SIGTERM saves a
+        checkpoint at the next step boundary (or abandons the final evaluation, whose checkpoint
+        exists) and returns a summary whose ``status`` is ``interrupted``; a NaN or Inf stops the
+        run with status ``diverged`` (or skips the step: ``on_nonfinite='skip'``).
+        """
+        out = self.prepare_output(resume=resume)
+        lock = FolderLock(out) if out is not None else None
+        try:
+            prev = out / "summary.json" if out is not None else None
+            if resume and prev.is_file() and not prev.is_symlink():
+                try:
+                    done = _read_json(prev)
+                except OutputError:  # a torn or foreign summary: the checkpoint decides
+                    done = {}
+                if done.get("status") == "completed":
+                    log.info("%s is complete; nothing to resume", out)
+                    return {**done, "out": str(out), "resumed": "already complete"}
+            return self._execute(out, progress, resume)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _execute(self, out: Path | None, progress: bool | None, resume: bool) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        out = self.prepare_output()
         self.build()
         cfg = self.config
-        if out is not None:
-            write_json_atomic(out / "config.json", self.resolved_config())
-        metrics_fh = (out / "metrics.jsonl").open("a") if out is not None else None
-        hook = self.manager.hook
+        ckpt_path = out / "checkpoint.pt" if out is not None else None
         gen = torch.Generator().manual_seed(cfg.seed + 1)
-        status, done, loss_avg = "completed", 0, float("nan")
-        stopped_by = "steps"
-        old_term = signal.getsignal(signal.SIGTERM)
-
-        def on_term(signum, frame):  # noqa: ARG001
-            raise _Terminated()
-
-        try:
-            signal.signal(signal.SIGTERM, on_term)
-        except ValueError:  # not the main thread
-            old_term = None
+        generators = {"sampler": gen, "learner": self.learner.context.generator}
+        loop = {"step": 0, "train_time": 0.0, "sample_time": 0.0, "loss_avg": float("nan"), "skipped": 0,
+                "stopped_by": "steps", "trained": False}
+        metrics_bytes = None
+        if resume:
+            state = load_checkpoint(ckpt_path, self.device)
+            check_compatible(state, self.resolved_config(), ckpt_path, __version__)
+            self.learner.load_state_dict(state["learner"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            restore_rng(state["rng"], generators)
+            loop.update(state["loop"])
+            metrics_bytes = int(state["metrics_bytes"])
+            log.info("resuming %s from step %d", out, loop["step"])
+        elif out is not None:
+            write_json(out / "config.json", self.resolved_config(), what="the run configuration")
+        self.last_checkpoint = (ckpt_path, loop["step"]) if resume else None
+        metrics = AppendLog(out / "metrics.jsonl", truncate_to=metrics_bytes) if out is not None else None
+        hook = self.manager.hook
+        status = "completed"
+        self._signal: str | None = None
+        self._phase = "train"
+        restore = self._install_signal_handlers()
         hook.on_run_start(run=self)
         t0 = time.perf_counter()
-        train_time = 0.0
-        sample_time = 0.0  # drawing the meta-batches, part of train_time: should be a small share
-        bar = tqdm(total=cfg.steps, desc=f"{self.algo_spec.name} on {self.bench_spec.name}", disable=(False if progress else True) if progress is not None else None,
-                   dynamic_ncols=True, leave=False)
+        last_save = time.monotonic()
+        bar = tqdm(total=cfg.steps, initial=loop["step"], desc=f"{self.algo_spec.name} on {self.bench_spec.name}",
+                   disable=(False if progress else True) if progress is not None else None, dynamic_ncols=True, leave=False)
         try:
-            for step in range(1, cfg.steps + 1):
+            for step in range(loop["step"] + 1, cfg.steps + 1):
+                if loop["trained"]:
+                    break
                 ts = time.perf_counter()
                 batch = self.bench.train_batch(gen).to(self.device, self.dtype)
-                sample_time += time.perf_counter() - ts
+                loop["sample_time"] += time.perf_counter() - ts
                 self.optimizer.zero_grad(set_to_none=True)
                 m = self.learner.step(batch)
                 if cfg.grad_clip > 0:
                     m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip))
-                self.optimizer.step()
-                done = step  # parameters now reflect this many completed steps
-                train_time += time.perf_counter() - ts
+                bad = self._nonfinite(m)
+                if bad is None:
+                    self.optimizer.step()
+                    broken = self._nonfinite_params()
+                    if broken is not None:  # finite gradients, non-finite parameters: nothing left to skip
+                        raise _Diverged(step, broken)
+                if bad is not None:
+                    if cfg.on_nonfinite == "stop":
+                        raise _Diverged(step, bad)
+                    loop["skipped"] += 1  # the batch is consumed, the parameters stay as they were
+                    self.optimizer.zero_grad(set_to_none=True)
+                loop["step"] = step  # parameters now reflect this many completed steps
+                loop["train_time"] += time.perf_counter() - ts
                 loss = m.get("loss", float("nan"))
-                loss_avg = loss if step == 1 else 0.95 * loss_avg + 0.05 * loss
+                if bad is None:
+                    loop["loss_avg"] = loss if step == 1 or math.isnan(loop["loss_avg"]) else 0.95 * loop["loss_avg"] + 0.05 * loss
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    bar.set_postfix(loss=f"{loss_avg:.4f}", refresh=False)
-                    self._log(metrics_fh, {"step": step, "split": "train", **m, "loss_avg": loss_avg, "time_s": round(time.perf_counter() - t0, 3)})
-                if cfg.time_budget_s and train_time >= cfg.time_budget_s and step != cfg.steps:
-                    stopped_by = "time_budget"
-                    hook.on_step_end(run=self, step=step, metrics=m)
-                    bar.update(1)
-                    break
-                if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps:
+                    bar.set_postfix(loss=f"{loop['loss_avg']:.4f}", refresh=False)
+                    self._log(metrics, {"step": step, "split": "train", **m, "loss_avg": loop["loss_avg"],
+                                        "time_s": round(time.perf_counter() - t0, 3)})
+                budget_hit = bool(cfg.time_budget_s) and loop["train_time"] >= cfg.time_budget_s and step != cfg.steps
+                if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps and not budget_hit:
                     val = self.evaluate(cfg.val_tasks, split="val")
                     m = {**m, **val}
-                    self._log(metrics_fh, {"step": step, "split": "val", **val})
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and out is not None:
-                    self.save_checkpoint(out / "checkpoint.pt", step)
+                    self._log(metrics, {"step": step, "split": "val", **val})
                 hook.on_step_end(run=self, step=step, metrics=m)
                 bar.update(1)
-        except KeyboardInterrupt:
+                if budget_hit:
+                    loop["stopped_by"] = "time_budget"
+                    break
+                due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
+                    cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
+                if (due or self._signal) and out is not None and step != cfg.steps:
+                    self._checkpoint(ckpt_path, loop, metrics, generators)
+                    last_save = time.monotonic()
+                if self._signal:
+                    raise _Interrupted()
+            loop["trained"] = True
+            if out is not None:  # training is over: this is the state the evaluation (and a resume) starts from
+                self._checkpoint(ckpt_path, loop, metrics, generators)
+            self._phase = "evaluate"
+            if self._signal:
+                raise _Interrupted()
+            summary = self._summary(loop, "completed")
+            t_eval = time.perf_counter()
+            summary.update(self.evaluate(cfg.eval_tasks))
+            # adapting to a new task is what a user pays per task: all evaluated step counts included
+            summary["adapt_time_per_task_ms"] = round(1000 * (time.perf_counter() - t_eval) / cfg.eval_tasks, 3)
+            summary.update(evaluate_train_tasks(self.learner, self.bench, generator=evaluation_generator(cfg.seed, "train_tasks"),
+                                                device=self.device, dtype=self.dtype))
+            summary["eval_time_s"] = round(time.perf_counter() - t_eval, 3)
+        except (KeyboardInterrupt, _Interrupted) as e:
             status = "interrupted"
+            self._signal = self._signal or ("SIGTERM" if isinstance(e, _Terminated) else "SIGINT")
+            if not loop["trained"] and out is not None and self._phase == "train" and not isinstance(e, _Interrupted):
+                # an interrupt that did not wait for the step boundary (a second Ctrl-C): the
+                # parameters may be mid-update, so keep the last checkpoint rather than write a torn state
+                log.warning("interrupted inside a step: the last checkpoint stays the one to resume from")
+            summary = self._summary(loop, status)
+        except _Diverged as e:
+            status = "diverged"
+            where = (f"the last good checkpoint is {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})"
+                     if self.last_checkpoint else "no checkpoint was written before it")
+            self.diverged = f"{e.what} at step {e.step}; {where}."
+            summary = self._summary(loop, status)
+            summary["diverged"] = self.diverged
+        except OutputError as e:
+            where = (f" The last good checkpoint is {self.last_checkpoint[0]} (step {self.last_checkpoint[1]})."
+                     if self.last_checkpoint else "")
+            raise OutputError(f"{e}{where}") from None
         finally:
             bar.close()
-            if old_term is not None:
-                signal.signal(signal.SIGTERM, old_term)
-        summary: dict[str, Any] = {
+            restore()
+        if status == "interrupted":
+            summary["interrupted_by"] = self._signal
+        summary["peak_memory_mb"] = _peak_memory_mb(self.device)
+        summary["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+        if out is not None:
+            if metrics is not None:
+                metrics.sync()
+            write_json(out / "summary.json", summary, what="the summary")
+            summary["out"] = str(out)
+        if metrics is not None:
+            metrics.close()
+        self.summary = summary
+        hook.on_run_end(run=self, summary=summary)
+        return summary
+
+    def _summary(self, loop: dict[str, Any], status: str) -> dict[str, Any]:
+        cfg, train_time, done = self.config, loop["train_time"], loop["step"]
+        s: dict[str, Any] = {
             "algorithm": self.algo_spec.name,
             "benchmark": self.bench_spec.name,
             "kind": self.algo_spec.kind,
@@ -306,53 +459,91 @@ class Run:
             "steps": done,
             "seed": cfg.seed,
             "device": str(self.device),
+            "threads": torch.get_num_threads(),
             "num_params": self.num_params,
             "train_time_s": round(train_time, 3),
             "steps_per_s": round(done / train_time, 2) if train_time > 0 else None,
-            "sample_time_s": round(sample_time, 3),
-            "sample_share": round(sample_time / train_time, 4) if train_time > 0 else None,
-            "final_loss": loss_avg,
-            "stopped_by": stopped_by if status == "completed" else status,
+            "sample_time_s": round(loop["sample_time"], 3),
+            "sample_share": round(loop["sample_time"] / train_time, 4) if train_time > 0 else None,
+            "final_loss": loop["loss_avg"],
+            "stopped_by": loop["stopped_by"] if status == "completed" else status,
+            "nonfinite_skipped_steps": loop["skipped"],
         }
         if hasattr(self.bench_config, "transductive"):
-            summary["transductive"] = self.bench_config.transductive  # part of the protocol: say it
-        if status == "completed":
-            t_eval = time.perf_counter()
-            summary.update(self.evaluate(cfg.eval_tasks))
-            # adapting to a new task is what a user pays per task: all evaluated step counts included
-            summary["adapt_time_per_task_ms"] = round(1000 * (time.perf_counter() - t_eval) / cfg.eval_tasks, 3)
-            g = evaluation_generator(cfg.seed, "train_tasks")
-            summary.update(evaluate_train_tasks(self.learner, self.bench, generator=g, device=self.device, dtype=self.dtype))
-            summary["eval_time_s"] = round(time.perf_counter() - t_eval, 3)
-        summary["peak_memory_mb"] = _peak_memory_mb(self.device)
-        summary["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-        if out is not None:
-            self.save_checkpoint(out / "checkpoint.pt", done)
-            write_json_atomic(out / "summary.json", summary)
-            summary_path = str(out)
-            summary["out"] = summary_path
-        if metrics_fh is not None:
-            metrics_fh.close()
-        self.summary = summary
-        hook.on_run_end(run=self, summary=summary)
-        return summary
+            s["transductive"] = self.bench_config.transductive  # part of the protocol: say it
+        return s
 
-    def _log(self, fh, record: dict[str, Any]) -> None:
-        if fh is None:
-            return
-        fh.write(json.dumps(record, default=_json_default) + "\n")
-        fh.flush()
+    def _nonfinite(self, m: Mapping[str, Any]) -> str | None:
+        loss = m.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            return f"the training loss is {loss}"
+        grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
+        if grads and not _all_finite(grads):
+            names = [n for n, p in self.learner.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+            return f"the gradient of {', '.join(names)} holds NaN or Inf"
+        return None
 
-    def save_checkpoint(self, path: Path, step: int) -> None:
+    def _nonfinite_params(self) -> str | None:
+        params = [p for p in self.learner.parameters()]
+        if params and not _all_finite([p.detach() for p in params]):
+            names = [n for n, p in self.learner.named_parameters() if not torch.isfinite(p).all()]
+            return f"the parameters {', '.join(names)} hold NaN or Inf after the optimizer step"
+        return None
+
+    def _install_signal_handlers(self):
+        """Ctrl-C and SIGTERM stop the run at the next step boundary (so the checkpoint is a whole
+        state); during the final evaluation, or on a second signal, at once."""
+        def handler(signum, frame):  # noqa: ARG001
+            name = "SIGTERM" if signum == signal.SIGTERM else "SIGINT"
+            if self._signal is not None or self._phase == "evaluate":
+                self._signal = self._signal or name
+                raise _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+            self._signal = name
+
+        old = {}
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                old[sig] = signal.signal(sig, handler)
+            except ValueError:  # not the main thread: Python's defaults stay
+                pass
+
+        def restore() -> None:
+            for sig, h in old.items():
+                signal.signal(sig, h)
+
+        return restore
+
+    def _log(self, metrics: AppendLog | None, record: dict[str, Any]) -> None:
+        if metrics is not None:
+            metrics.write(record)
+
+    def _checkpoint(self, path: Path, loop: dict[str, Any], metrics: AppendLog | None,
+                    generators: Mapping[str, torch.Generator]) -> None:
+        if metrics is not None:
+            metrics.sync()  # the lines the checkpoint counts are on disk before it is
         state = {
-            "step": step,
+            "format": CHECKPOINT_FORMAT,
+            "step": loop["step"],
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "rng": capture_rng(generators),
+            "loop": dict(loop),
+            "metrics_bytes": metrics.size if metrics is not None else 0,
             "config": self.resolved_config(),
         }
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        save_torch(path, state, what=f"the checkpoint of step {loop['step']}")
+        self.last_checkpoint = (path, loop["step"])
+
+    def save_checkpoint(self, path: Path, step: int) -> None:
+        """A checkpoint of the current parameters (for tools and tests; runs save their own)."""
+        loop = {"step": step, "train_time": 0.0, "sample_time": 0.0, "loss_avg": float("nan"), "skipped": 0,
+                "stopped_by": "steps", "trained": True}
+        self._checkpoint(Path(path), loop, None, {"learner": self.learner.context.generator})
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    # per-tensor isfinite, one sync: a norm would overflow on large but finite values
+    return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
 def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.optim.Optimizer:
@@ -390,38 +581,21 @@ def load_run(folder: str | Path, overrides: Mapping[str, Any] | None = None, *,
     ``run.device``).  The returned run is built; ``run.checkpoint_step`` is the step it was saved at.
     """
     folder = Path(folder)
-    cfg_path, ckpt = folder / "config.json", folder / "checkpoint.pt"
-    if not folder.is_dir():
-        raise OutputError(f"run folder {folder} does not exist.")
-    for p in (cfg_path, ckpt):
-        if not p.is_file():
-            raise OutputError(f"{p} is missing: a run folder written by `metareg run` holds config.json and "
-                              "checkpoint.pt (a run with --no-save writes none).")
-    try:
-        saved = json.loads(cfg_path.read_text())
-        algorithm = saved.get("algorithm_ref", saved["algorithm"])
-        benchmark = saved.get("benchmark_ref", saved["benchmark"])
-        if not (isinstance(algorithm, str) and isinstance(benchmark, str)):
-            raise TypeError("'algorithm' and 'benchmark' must be names")
-        saved_layer = saved_overrides(saved)
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
-        raise OutputError(f"{cfg_path} is not a metareg run configuration ({type(e).__name__}: {e}).") from None
-    changes: dict[str, Any] = {}
-    for key, value in (overrides or {}).items():
-        name = key.removeprefix("run.")
-        if name not in EVAL_KEYS:
+    for key in overrides or {}:
+        if key.removeprefix("run.") not in EVAL_KEYS:
             raise ConfigError(f"'{key}' cannot change for a saved run; `metareg eval` sets only "
                               + ", ".join(EVAL_KEYS) + " (train a new run for anything else).")
-        changes[f"run.{name}"] = value
-    run = Run(algorithm, benchmark, Overrides(saved_layer, changes), manager=manager)
+    ckpt = folder / "checkpoint.pt"
+    if folder.is_dir() and not ckpt.is_file():
+        raise OutputError(f"{ckpt} is missing: a run folder written by `metareg run` holds config.json and "
+                          "checkpoint.pt (a run with --no-save writes none).")
+    run = Run.from_folder(folder, {f"run.{k.removeprefix('run.')}": v for k, v in (overrides or {}).items()},
+                          manager=manager, out=False)
     run.build()
+    state = load_checkpoint(ckpt, run.device)
     try:
-        # TorchVersion: checkpoints written before the config stored the version as a plain str
-        with torch.serialization.safe_globals([torch.torch_version.TorchVersion]):
-            state = torch.load(ckpt, map_location=run.device, weights_only=True)
         run.learner.load_state_dict(state["learner"])
-    except Exception as e:  # noqa: BLE001 - a torn or foreign file: say which and why
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OutputError(f"cannot restore {ckpt}: {first}") from None
-    run.checkpoint_step = int(state.get("step", 0))
+    except Exception as e:  # noqa: BLE001 - a foreign or crafted file: say which and the whole mismatch
+        raise OutputError(f"cannot restore {ckpt}: {' '.join(str(e).split())}") from None
+    run.checkpoint_step = state["step"]
     return run

@@ -139,7 +139,7 @@ def test_readme_plugin_examples_are_the_tested_files():
     import re
 
     text = README.read_text()
-    blocks = re.findall(r"<!-- from (\S+) -->\n```python\n(.*?)```", text, re.S)
+    blocks = re.findall(r"<!-- from (\S+) -->\n```(?:python|toml)\n(.*?)```", text, re.S)
     assert len(blocks) >= 7
     for path, code in blocks:
         assert code in (ROOT / path).read_text(), f"README block from {path} differs from the file"

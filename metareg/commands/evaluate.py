@@ -36,7 +36,8 @@ def eval_cmd(ctx, folder, sets, tasks_file, no_save, as_json):
     """
     from ..evaluate import evaluate_tasks, load_task_file
     from ..plugins import get_manager
-    from ..runner import load_run, write_json_atomic
+    from ..io import write_json
+    from ..runner import load_run
 
     run = load_run(folder, parse_sets(sets), manager=ctx.obj or get_manager())
     cfg = run.config
@@ -51,7 +52,7 @@ def eval_cmd(ctx, folder, sets, tasks_file, no_save, as_json):
               "metric": run.bench.info.metric, "tasks": str(tasks_file) if tasks_file else "held-out", **scores}
     if not no_save:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-        write_json_atomic(folder / f"eval-{stamp}.json", result)
+        write_json(folder / f"eval-{stamp}.json", result, what="the evaluation")
     if as_json:
         click.echo(json.dumps(result, default=str))
         return

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
+import secrets
 from pathlib import Path
 
 import click
 
 from ..errors import ConfigError
 from ..evaluate import is_metric_key
+from ..io import dumps_strict
 from ..overrides import collect_overrides
 from ..plugins import get_manager
 
@@ -18,7 +19,7 @@ __all__ = ["run_cmd"]
 
 
 @click.command("run")
-@click.argument("name")
+@click.argument("name", required=False)
 @click.option("-b", "--benchmark", "bench", metavar="B", help="benchmark to train and evaluate on (see `metareg list`)")
 @click.option("--steps", type=int, help="outer training steps (default: the algorithm's)")
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE",
@@ -30,19 +31,36 @@ __all__ = ["run_cmd"]
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="results folder (default runs/NAME-B-TIMESTAMP); must be new or empty")
 @click.option("--no-save", is_flag=True, help="write no results folder")
+@click.option("--resume", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+              help="continue the run saved in DIR from its last checkpoint (same configuration; no other options)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object on stdout")
 @click.pass_context
-def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_save, as_json):
+def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_save, resume, as_json):
     """Train NAME on a benchmark, then evaluate few-shot adaptation on held-out tasks.
 
     \b
     metareg run maml --benchmark sinusoid --steps 3000
     metareg run maml --benchmark sinusoid --set inner_steps=5 --set benchmark.shots=5
     metareg run hard_sharing --benchmark sinusoid_mtl --set combiner=equal --json
+    metareg run --resume runs/maml-sinusoid-20261201-101500-3f9a2c
+
+    Exit status: 0 done, 2 bad input (nothing written), 1 diverged (NaN/Inf), 130 / 143 interrupted
+    by Ctrl-C / SIGTERM after saving a checkpoint to resume from.
     """
     from ..runner import Run
 
     manager = ctx.obj or get_manager()
+    if resume is not None:
+        given = [flag for flag, v in (("NAME", name), ("--benchmark", bench), ("--steps", steps), ("--set", sets),
+                                      ("--config", config_file), ("--seed", seed), ("--out", out),
+                                      ("--no-save", no_save), ("--device", device)) if v]
+        if given:
+            raise ConfigError(f"--resume continues a run with its saved configuration; drop {', '.join(given)}.")
+        run = Run.from_folder(resume, manager=manager)
+        _finish(ctx, run.execute(progress=None if as_json else True, resume=True), as_json)
+        return
+    if name is None:
+        raise ConfigError("which algorithm? `metareg run NAME --benchmark B` (see `metareg list`), or --resume DIR.")
     if bench is None:
         spec = manager.registry.get("algorithm", name)
         ok = [b.name for b in manager.registry.list("benchmark") if spec.requires <= b.provides]
@@ -57,18 +75,30 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
     elif out is not None:
         out_dir = out
     else:
+        # a timestamp and a random suffix: two runs started in the same second never share a folder
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-        out_dir = Path("runs") / f"{name}-{bench}-{stamp}"
+        out_dir = Path("runs") / f"{name.replace(':', '_')}-{bench.replace(':', '_')}-{stamp}-{secrets.token_hex(3)}"
     run = Run(name, bench, overrides, out=out_dir, manager=manager)
     if run.suggested:
         click.echo(f"note: benchmark {run.bench_spec.name} suggests "
                    + ", ".join(f"{k}={v}" for k, v in run.suggested.items())
                    + f" for {run.algo_spec.name} (applied and saved in config.json; --set overrides)", err=True)
-    summary = run.execute(progress=None if as_json else True)
+    _finish(ctx, run.execute(progress=None if as_json else True), as_json)
+
+
+def _finish(ctx: click.Context, summary: dict, as_json: bool) -> None:
     if as_json:
-        click.echo(json.dumps(summary, default=str))
-        return
-    _print_summary(summary)
+        click.echo(dumps_strict(summary))
+    else:
+        _print_summary(summary)
+    status = summary.get("status")
+    if status == "interrupted":
+        where = f"; continue it with `metareg run --resume {summary['out']}`" if "out" in summary else ""
+        click.echo(f"interrupted by {summary.get('interrupted_by')} after step {summary['steps']}{where}", err=True)
+        ctx.exit(143 if summary.get("interrupted_by") == "SIGTERM" else 130)
+    if status == "diverged":
+        click.echo(f"Error: diverged: {summary.get('diverged')} (--set run.on_nonfinite=skip skips such steps)", err=True)
+        ctx.exit(1)
 
 
 def _sampling(s: dict) -> str:
@@ -78,9 +108,10 @@ def _sampling(s: dict) -> str:
 
 def _print_summary(s: dict) -> None:
     status = s["status"]
+    loss = s.get("final_loss")
     click.echo(f"{s['algorithm']} on {s['benchmark']}: {status} after {s['steps']} steps "
                f"({s['train_time_s']:.1f} s, {s['steps_per_s']} steps/s{_sampling(s)}), "
-               f"final training loss {s['final_loss']:.4f}")
+               f"final training loss {'-' if loss is None else f'{loss:.4f}'}")
     keys = [k for k in s if is_metric_key(k, s.get("metric")) and not k.startswith("train_tasks_")]
     if keys:
         click.echo(f"held-out tasks ({s.get('eval_tasks')}), mean ± 95% CI:")

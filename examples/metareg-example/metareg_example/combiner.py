@@ -17,6 +17,13 @@ class RandomWeighting(metareg.Combiner):
         super().__init__(config, num_tasks)
         self.generator = torch.Generator().manual_seed(config.seed)
 
+    # the generator's state travels in checkpoints, so a resumed run draws the same weights
+    def get_extra_state(self):
+        return {"generator": self.generator.get_state()}
+
+    def set_extra_state(self, state):
+        self.generator.set_state(state["generator"])
+
     def loss(self, losses, task_ids=None):
         # losses [T] -> a scalar
         w = torch.randn(losses.shape[0], generator=self.generator).softmax(0)
