@@ -10,8 +10,11 @@ method of metareg.nonneg_qp; the update is (1/T) sum_i (e_i + x_i) @ J.
 The KKT conditions of those QPs are G w_i >= 0, i.e. each projection has a non-negative inner
 product with every task gradient, and hence so has their mean: the update conflicts with no task.
 Solving them exactly (not by a fixed number of first-order steps) is what keeps that true to
-rounding.  torchjd normalises G and regularises it as well; here G is scaled to unit largest
-diagonal and regularised by 1e-12 of its mean diagonal (torchjd: 1e-4).
+rounding.  The dual cone does not change when a row of J is rescaled, and nonneg_qp solves the
+QPs on the cosine matrix D^-1/2 G D^-1/2 with a regulariser of 1e-12 on its unit diagonal (each
+task relative to its own norm; torchjd: 1e-4 of G's normalised form), so the update conflicts
+with no task even when task-gradient norms differ by 1e6.  (Regularising and stopping relative
+to G's largest diagonal, the update conflicted with a task 1e4 times smaller than the largest.)
 """
 
 import torch

@@ -153,36 +153,43 @@ def _solve_spd_numpy(m: np.ndarray, rhs: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a[:, :, t:])
 
 
-def _subproblem(a: np.ndarray, c: np.ndarray, free: np.ndarray, simplex: bool) -> np.ndarray:
+def _subproblem(a: np.ndarray, c: np.ndarray, free: np.ndarray, v: np.ndarray | None) -> np.ndarray:
     """Minimiser of 1/2 z'Az + c'z over the coordinates in ``free`` (the others held at 0),
-    with sum(z) = 1 when ``simplex``; batched over the rows of c [B, T]."""
+    with v'z = 1 unless ``v`` is None; batched over the rows of c [B, T]."""
     t = a.shape[0]
     m = np.where(free[:, :, None] & free[:, None, :], a, 0.0)
     m[:, np.arange(t), np.arange(t)] += ~free
     rhs = np.where(free, -c, 0.0)
-    if not simplex:
+    if v is None:
         return _solve_spd_numpy(m, rhs[:, :, None])[:, :, 0]
-    # with the multiplier mu of sum(z) = 1: A_FF z = -c + mu 1, so z = z_c + mu z_1 for the two
-    # solutions below, and mu makes the sum 1 (1' A_FF^-1 1 > 0 for a definite A_FF)
-    z = _solve_spd_numpy(m, np.stack([rhs, free.astype(a.dtype)], -1))
-    z_c, z_1 = z[..., 0], z[..., 1]
-    mu = (1 - z_c.sum(1, keepdims=True)) / z_1.sum(1, keepdims=True)
-    return z_c + mu * z_1
+    # with the multiplier mu of v'z = 1: A_FF z = -c + mu v, so z = z_c + mu z_v for the two
+    # solutions below, and mu makes v'z = 1 (v' A_FF^-1 v > 0 for a definite A_FF)
+    z = _solve_spd_numpy(m, np.stack([rhs, np.where(free, v, 0.0)], -1))
+    z_c, z_v = z[..., 0], z[..., 1]
+    mu = (1 - z_c @ v)[:, None] / (z_v @ v)[:, None]
+    return z_c + mu * z_v
 
 
 def nonneg_qp(a: Tensor, c: Tensor, *, simplex: bool = False, reg: float = 1e-12, tol: float = 1e-11) -> Tensor:
     """Exact solution of min_x 1/2 x'Ax + c'x s.t. x >= 0 (and sum(x) = 1 when ``simplex``).
 
-    A [T, T] is symmetric positive semi-definite (a Gram matrix, scaled to O(1) entries); c is [T]
-    or a batch [B, T] of problems sharing A, solved together.  Primal active-set method
-    (Lawson & Hanson, Solving Least Squares Problems, 1974, ch. 23, carried over from NNLS to a
-    strictly convex QP): free the coordinate with the most negative reduced gradient, solve the
-    equality-constrained subproblem on the free set, and step back to the boundary when the
-    subproblem leaves the orthant.  Unlike Frank-Wolfe or projected gradient it terminates in
-    finitely many steps (at most a few T in practice) with the KKT conditions met to rounding,
-    which is what makes "non-negative inner product with every task gradient" hold exactly.
-    ``reg`` (relative to the mean diagonal) makes A definite so duplicate or zero gradients
-    still have a unique answer.
+    A [T, T] is symmetric positive semi-definite (a Gram matrix); c is [T] or a batch [B, T] of
+    problems sharing A, solved together.  Primal active-set method (Lawson & Hanson, Solving Least
+    Squares Problems, 1974, ch. 23, carried over from NNLS to a strictly convex QP): free the
+    coordinate with the most negative reduced gradient, solve the equality-constrained subproblem
+    on the free set, and step back to the boundary when the subproblem leaves the orthant.  Unlike
+    Frank-Wolfe or projected gradient it terminates in finitely many steps (at most a few T in
+    practice) with the KKT conditions met to rounding, which is what makes "non-negative inner
+    product with every task gradient" hold exactly.
+
+    Scale-free: the method runs on x = z / sqrt(diag A), i.e. on the unit-diagonal (cosine) matrix
+    D^-1/2 A D^-1/2, so a Gram matrix whose rows differ in norm by 1e6 (diagonal entries by 1e12)
+    is as well posed as one of equal rows.  ``reg`` is added to that unit diagonal (each coordinate
+    regularised relative to its own diagonal entry) so duplicate gradients still have a unique
+    answer; a zero diagonal entry (a zero gradient) is left unscaled and regularised by ``reg``.
+    ``tol`` is relative: a coordinate enters when its reduced gradient is below -tol times the
+    scale of the problem's row (|c|, |A^1/2 x| and the multiplier of the simplex constraint, all
+    in the scaled coordinates).
     """
     squeeze = c.dim() == 1
     # a few hundred operations on [T, T] numbers: in numpy on the CPU, whatever device A is on
@@ -196,39 +203,53 @@ def nonneg_qp(a: Tensor, c: Tensor, *, simplex: bool = False, reg: float = 1e-12
 def _nonneg_qp_numpy(a: np.ndarray, c: np.ndarray, simplex: bool, reg: float, tol: float) -> np.ndarray:
     """:func:`nonneg_qp`'s active-set method on numpy arrays A [T, T] and c [B, T]."""
     b, t = c.shape
-    scale = float(np.diagonal(a).mean()) if t else 0.0
-    a = a + (reg * scale if scale > 0 else reg) * np.eye(t, dtype=a.dtype)
+    diag = np.diagonal(a)
+    live = diag > 0
+    n = np.sqrt(np.where(live, diag, 1.0))
+    # the cosine matrix, transformed exactly like c (not clipped to [-1, 1] nor given an exact unit
+    # diagonal): UPGrad's c = A e_i must stay in the range of A, or a float32 Gram whose rounding
+    # makes an opposed pair's cosine -1 - 1e-8 gets weights ~1/reg
+    a = a / n[:, None] / n[None, :] + reg * np.eye(t, dtype=a.dtype)
+    c = c / n
+    # sum(x) = sum(z / n) = v'z: the simplex becomes a weighted simplex in z
+    v = 1 / n if simplex else None
     rows = np.arange(b)
     free = np.zeros((b, t), dtype=bool)
     if simplex:
-        free[rows, (0.5 * np.diagonal(a) + c).argmin(1)] = True
-        x = free.astype(a.dtype)
+        k = (0.5 * np.diagonal(a) / v**2 + c / v).argmin(1)  # the best vertex e_k / v_k
+        free[rows, k] = True
+        x = np.where(free, 1 / v, 0.0)
     else:
         x = np.zeros((b, t), dtype=a.dtype)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    c_scale = np.abs(c).max(1) if t else np.zeros(b)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         for _ in range(3 * t + 10):
-            grad = x @ a + c
+            ax = x @ a
+            grad = ax + c
+            scale = c_scale + np.sqrt(np.maximum((ax * x).sum(1), 0.0))
             if simplex:
-                # on the free set the gradient equals the multiplier mu of sum(x) = 1
-                mu = (grad * free).sum(1, keepdims=True) / np.maximum(free.sum(1, keepdims=True), 1)
-                grad = grad - mu
+                # on the free set the gradient equals mu v, mu the multiplier of v'x = 1
+                mu = (grad * v * free).sum(1, keepdims=True) / (v * v * free).sum(1, keepdims=True)
+                grad = grad - mu * v
+                scale = scale + np.abs(mu[:, 0]) * v.max()
             grad = np.where(free, math.inf, grad)
             j = grad.argmin(1)
-            enter = grad[rows, j] < -tol
+            enter = grad[rows, j] < -tol * scale
             if not enter.any():
                 break
             free = free.copy()
             free[rows[enter], j[enter]] = True
             for _ in range(t + 1):
-                z = _subproblem(a, c, free, simplex)
+                z = _subproblem(a, c, free, v)
                 out = free & (z <= 0)
                 if not out.any():
                     x = z
                     break
-                # walk from x towards z until the first free coordinate reaches 0, then fix it there
+                # walk from x towards z until the first free coordinate reaches 0, then fix it
+                # there (by index: a relative threshold on x would drop legitimately small weights)
                 ratio = np.where(out, x / np.maximum(x - z, 1e-300), math.inf)
                 step = np.minimum(ratio.min(1, keepdims=True), 1.0)
                 x = x + step * (z - x)
-                free = free & (x > tol)
+                free = free & ~(out & (ratio <= step)) & (x > 0)
                 x = np.where(free, x, 0.0)
-    return x
+    return x / n
