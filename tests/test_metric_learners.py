@@ -74,6 +74,32 @@ def test_protonet_logits_are_negative_squared_distances_to_class_means(manager):
             torch.testing.assert_close(logits[t, :, k], -((q[t] - proto) ** 2).sum(-1))
 
 
+def test_protonet_float32_predictions_survive_a_shared_offset(manager):
+    """Embeddings that share a large offset (+100 on every feature): |q|^2 - 2 q.c + |c|^2 cancels
+    ~1e6-sized terms to O(1) distances, which lost the float32 argmax of ~1% of the queries.  The
+    float32 logits must predict what float64 predicts from the same (float32) embeddings, their
+    values must match the direct difference form, and gradients must flow to every embedding."""
+    learner, _ = _built("protonet", manager)
+    g = torch.Generator().manual_seed(0)
+    t, ways, shots, queries, f = 16, 3, 5, 40, 64
+    centers = torch.randn(t, ways, 1, f, generator=g, dtype=torch.float64) * 0.1  # near-ties: old form lost 13 of 1920
+    support = (centers + torch.randn(t, ways, shots, f, generator=g, dtype=torch.float64)).reshape(t, -1, f)
+    query = (centers + torch.randn(t, ways, queries, f, generator=g, dtype=torch.float64)).reshape(t, -1, f)
+    labels = torch.arange(ways).repeat_interleave(shots).expand(t, -1)
+    support, query = (support + 100).float(), (query + 100).float()  # the float32 values both paths see
+    want = learner.logits(query.double(), support.double(), labels)
+    protos = torch.stack([support.double()[:, labels[0] == k].mean(1) for k in range(ways)], 1)
+    direct = -((query.double()[:, :, None] - protos[:, None]) ** 2).sum(-1)
+    torch.testing.assert_close(want, direct)
+    q32, s32 = query.clone().requires_grad_(), support.clone().requires_grad_()
+    got = learner.logits(q32, s32, labels)
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    torch.testing.assert_close(got.double(), want, atol=1e-3, rtol=1e-5)
+    got.logsumexp(-1).sum().backward()
+    assert q32.grad.abs().sum() > 0 and s32.grad.abs().sum() > 0
+    assert torch.isfinite(q32.grad).all() and torch.isfinite(s32.grad).all()
+
+
 def test_protonet_cosine_option(manager):
     learner, b = _built("protonet", manager, distance="cosine")
     q, s = learner.embed(b.query_x), learner.embed(b.support_x)
