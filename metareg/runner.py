@@ -17,6 +17,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import signal
 import tempfile
 import time
@@ -42,19 +43,24 @@ __all__ = ["RunConfig", "Run", "write_json_atomic", "load_run", "make_optimizer"
 log = logging.getLogger(__name__)
 
 
+#: the largest seed whose evaluation generators (seed * 1_000_003 + 3) stay inside torch's 64-bit range
+SEED_MAX = (2**64 - 1 - 3) // 1_000_003
+
+
 @config
 class RunConfig:
-    steps: int = param(3000, "outer (meta-)training steps (the most, when time_budget_s stops it first)", ge=1)
+    steps: int = param(3000, "outer (meta-)training steps (the most, when time_budget_s stops it first)", ge=1,
+                       le=10**9)
     time_budget_s: float = param(0.0, "stop training after this many seconds of training steps (0: no time limit); "
                                       "the summary says how many steps were reached", ge=0)
     optimizer: Literal["adam", "sgd"] = param("adam", "outer optimizer (the runner owns it)")
     lr: float = param(1e-3, "outer learning rate", gt=0)
     grad_clip: float = param(0.0, "clip the outer gradient norm at this value (0: off)", ge=0)
-    seed: int = param(0, "seed of initialisation, task sampling and evaluation tasks")
+    seed: int = param(0, "seed of initialisation, task sampling and evaluation tasks", ge=0, le=SEED_MAX)
     device: str = param("cpu", "torch device: cpu, cuda, cuda:1 ...")
     dtype: Literal["float32", "float64"] = param("float32", "floating-point precision")
     eval_steps: tuple[int, ...] = param((0, 1, 10), "adaptation steps after which held-out tasks are scored")
-    eval_tasks: int = param(600, "held-out tasks in the final evaluation", ge=1)
+    eval_tasks: int = param(600, "held-out tasks in the final evaluation", ge=1, le=10**7)
     val_every: int = param(500, "evaluate on validation tasks every N steps (0: only at the end)", ge=0)
     val_tasks: int = param(100, "held-out tasks of each periodic evaluation", ge=1)
     eval_chunk: int = param(100, "tasks adapted at once during evaluation (memory bound)", ge=1)
@@ -254,6 +260,7 @@ class Run:
         self.device = torch.device(cfg.device)
         self.dtype = getattr(torch, cfg.dtype)
         self.bench = self.bench_spec.factory(self.bench_config)
+        _check_fits(self.bench, self.bench_spec.name)
         reg = self.manager.registry
         info = self.bench.info
 
@@ -297,6 +304,8 @@ class Run:
         exists) and returns a summary whose ``status`` is ``interrupted``; a NaN or Inf stops the
         run with status ``diverged`` (or skips the step: ``on_nonfinite='skip'``).
         """
+        if not resume:
+            self.build()  # every check that building makes (backbone, dataset, sizes) before a folder exists
         out = self.prepare_output(resume=resume)
         lock = FolderLock(out) if out is not None else None
         try:
@@ -317,7 +326,8 @@ class Run:
     def _execute(self, out: Path | None, progress: bool | None, resume: bool) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        self.build()
+        if resume:
+            self.build()
         cfg = self.config
         ckpt_path = out / "checkpoint.pt" if out is not None else None
         gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -539,6 +549,22 @@ class Run:
         loop = {"step": step, "train_time": 0.0, "sample_time": 0.0, "loss_avg": float("nan"), "skipped": 0,
                 "stopped_by": "steps", "trained": True}
         self._checkpoint(Path(path), loop, None, {"learner": self.learner.context.generator})
+
+
+def _physical_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_fits(bench: Any, name: str) -> None:
+    """Refuse batch sizes whose inputs alone exceed this machine's memory (the network's
+    activations need several times more), before anything is allocated."""
+    need, have = bench.batch_bytes(), _physical_memory()
+    if need is not None and have is not None and need > have // 2:
+        raise ConfigError(f"benchmark {name}: one batch of these sizes holds {need / 2**30:.1f} GiB of inputs alone, "
+                          f"more than half this machine's {have / 2**30:.1f} GiB; lower meta_batch, ways, shots or query.")
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:

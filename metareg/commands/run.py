@@ -28,7 +28,7 @@ __all__ = ["run_cmd"]
               help="TOML file of overrides (flat keys or [algorithm]/[benchmark]/[run] tables); --set wins")
 @click.option("--device", help="cpu, cuda, cuda:1 ...")
 @click.option("--seed", type=int, help="random seed (default 0)")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
+@click.option("--out", type=click.Path(file_okay=False), metavar="DIR",
               help="results folder (default runs/NAME-B-TIMESTAMP); must be new or empty")
 @click.option("--no-save", is_flag=True, help="write no results folder")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -68,8 +68,9 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
     overrides = collect_overrides(config_file, sets, steps=steps, device=device, seed=seed)
     if no_save and out is not None:
         raise ConfigError("--out and --no-save contradict each other; pass one of them.")
-    if out is not None and str(out).strip() == "":
+    if out is not None and out.strip() == "":  # Path("") would be ".", the current folder
         raise ConfigError("--out is empty; pass a folder name.")
+    out = Path(out) if out is not None else None
     if no_save:
         out_dir = None
     elif out is not None:

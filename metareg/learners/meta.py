@@ -30,7 +30,8 @@ __all__ = ["GradientMetaLearner", "GradientMetaConfig"]
 @config
 class GradientMetaConfig:
     inner_lr: float = param(0.01, "inner-loop (adaptation) learning rate alpha", gt=0)
-    inner_steps: int = param(1, "inner-loop gradient steps during meta-training", ge=1)
+    inner_steps: int = param(1, "inner-loop gradient steps during meta-training (second order keeps every step's "
+                                "graph: memory grows with it)", ge=1, le=10_000)
     first_order: bool = param(False, "drop second-order terms (first-order MAML)")
     backbone: str = param("", "backbone name (see `metareg list`); empty: the benchmark's default")
 

@@ -97,6 +97,11 @@ class TaskDistribution:
         """One meta-batch (episodic) or one batch of the fixed training tasks."""
         raise NotImplementedError
 
+    def batch_bytes(self) -> int | None:
+        """Bytes of the largest batch's inputs (training or one evaluation task), or None when
+        unknown: lets the runner refuse sizes that cannot fit before allocating anything."""
+        return None
+
     def eval_batch(self, generator: torch.Generator, num_tasks: int, split: str = "test") -> TaskBatch:
         """``num_tasks`` held-out tasks (never seen in training) with the evaluation query size."""
         raise NotImplementedError

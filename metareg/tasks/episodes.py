@@ -14,6 +14,8 @@ every task, so labels carry no information across episodes.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 
 import torch
@@ -147,6 +149,11 @@ class EpisodicImages(TaskDistribution):
         self.info = TaskInfo(input_shape=tuple(input_shape), output_dim=c.ways, loss="cross_entropy",
                              metric="accuracy", default_backbone=default_backbone,
                              backbone_options=(*backbone_options, ("transductive", c.transductive)))
+
+    def batch_bytes(self) -> int:
+        c = self.config
+        per_image = 4 * math.prod(self.info.input_shape)
+        return per_image * c.ways * max(c.meta_batch * (c.shots + c.query), c.shots + c.eval_query_size)
 
     def train_batch(self, generator: torch.Generator) -> TaskBatch:
         c = self.config

@@ -35,9 +35,11 @@ class SinusoidConfig:
     def __post_init__(self) -> None:
         from ..errors import ConfigError
 
-        for lo, hi in (("amp_min", "amp_max"), ("phase_min", "phase_max"), ("x_min", "x_max")):
+        for lo, hi in (("amp_min", "amp_max"), ("phase_min", "phase_max")):
             if getattr(self, lo) > getattr(self, hi):
                 raise ConfigError(f"{lo} ({getattr(self, lo)}) must not exceed {hi} ({getattr(self, hi)}).")
+        if self.x_min >= self.x_max:  # every input equal: no function to learn
+            raise ConfigError(f"x_min ({self.x_min}) must be below x_max ({self.x_max}).")
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
@@ -62,6 +64,10 @@ class Sinusoid(TaskDistribution):
         x, y = sample_sinusoids(self.config, amp, phase, self.config.shots + query, g)
         k = self.config.shots
         return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], ids)
+
+    def batch_bytes(self) -> int:
+        c = self.config
+        return 4 * 2 * max(c.meta_batch * (c.shots + c.query), c.shots + c.eval_query)
 
     def train_batch(self, generator: torch.Generator) -> TaskBatch:
         amp, phase = self._tasks(self.config.meta_batch, generator)
