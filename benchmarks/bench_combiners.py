@@ -67,11 +67,11 @@ def test_combiner_vs_mean(benchmark, jacobian, name, role):
 
 @pytest.mark.parametrize("name", [n for n in _gradient_combiners() if getattr(_make(n, T), "cosine_gram", False)])
 def test_combiner_without_cosine_op(benchmark, jacobian, name):
-    """The same combiner with G formed by the blocked J @ J.T instead of metareg.ops.pairwise_cosine
+    """The same combiner with G formed by metareg.ops.gram instead of metareg.ops.pairwise_cosine_norms
     times the row norms: how much of its time is the cosine op."""
     c = _make(name, T)
     c.cosine_gram = False
-    _tag(benchmark, f"combiner[{name}]", "metareg", f"{name}, Gram by J @ J.T")
+    _tag(benchmark, f"combiner[{name}]", "metareg", f"{name}, Gram by ops.gram")
     benchmark.pedantic(lambda: c.aggregate(jacobian, torch.rand(T) + 0.5), rounds=30, warmup_rounds=3)
 
 

@@ -172,3 +172,34 @@ def test_task_step(benchmark, case, impl):
         def step():
             torch.sub(theta, grads, alpha=LR)
     _run(benchmark, step, STEP_CASES[case], f"task_step {model} T={T}", STEP_IMPLS[impl], impl)
+
+
+# -- gram: the combiners' Gram matrix of a task Jacobian [T, P] --------------------------------
+
+# (T, P) -> rounds: few long rows (the op's one-read wide pass), many long rows (its blocked
+# GEMM), a small Jacobian (one GEMM: the wrapper's overhead is what shows)
+GRAM_SHAPES = {(8, 1_000_000): 50, (32, 200_000): 30, (3, 1000): 2000}
+
+
+def _blocked_gram(a, block=16384):
+    # the blocked GEMM in plain torch: [T, block] slices stay in L2
+    t, p = a.shape
+    k = p // block
+    blocks = a[:, : k * block].reshape(t, k, block).transpose(0, 1)
+    out = torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
+    return out.addmm(a[:, k * block:], a[:, k * block:].T) if p > k * block else out
+
+
+GRAM_IMPLS = {
+    "metareg": ("metareg", ops.gram),
+    "a @ a.T": ("baseline", lambda a: a @ a.T),
+    "blocked bmm": ("baseline", _blocked_gram),
+}
+
+
+@pytest.mark.parametrize("impl", list(GRAM_IMPLS))
+@pytest.mark.parametrize("shape", list(GRAM_SHAPES), ids=_shape_id)
+def test_gram(benchmark, shape, impl):
+    a = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    role, fn = GRAM_IMPLS[impl]
+    _run(benchmark, lambda: fn(a), GRAM_SHAPES[shape], f"gram {_shape_id(shape)}", role, impl)

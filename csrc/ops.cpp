@@ -37,6 +37,9 @@ TORCH_LIBRARY(metareg, m) {
   // pairwise_cosine(a, a) and the row norms |a| [B, N] (unclamped) in one call; forward only, CPU
   // only (the combiners' [T, P] task-gradient matrices; other devices compose the two).
   m.def("pairwise_cosine_norms(Tensor a, float eps=1e-08) -> (Tensor, Tensor)");
+  // a [B, N, D] -> a a^T [B, N, N] (or 2-D without B): the combiners' Gram matrix of task
+  // gradients; the CPU kernel picks its path by shape.  CPU only (elsewhere a @ a^T is the path).
+  m.def("gram(Tensor a) -> Tensor");
   // params [P] or [T, P], grads [T, P] -> params - lr * grads, [T, P].
   m.def("task_step(Tensor params, Tensor grads, float lr) -> Tensor");
   // Same with a tensor lr of shape [], [P] (Meta-SGD) or [T, P].

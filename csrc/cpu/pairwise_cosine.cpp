@@ -1,6 +1,7 @@
-// CPU kernels of metareg::pairwise_cosine and its backward.
+// CPU kernels of metareg::pairwise_cosine and its backward, and of the two forward ops that share
+// its row products: pairwise_cosine_norms and gram (see the wide path and gram below).
 //
-// Two paths, same numbers (both work on normalised rows, as metareg/ops/_reference.py does):
+// Two paths for pairwise_cosine, same numbers (both work on normalised rows, as metareg/ops/_reference.py does):
 //  * gemm (used): rows are normalised in one parallel pass and at::bmm does the products; the
 //    backward is two bmm and one fused correction pass.  No autograd graph of eight nodes, no
 //    temporaries beyond the normalised rows.
@@ -30,6 +31,7 @@ namespace {
 constexpr const char* kFwd = "metareg::pairwise_cosine";
 constexpr const char* kBwd = "metareg::pairwise_cosine_backward";
 constexpr const char* kNorms = "metareg::pairwise_cosine_norms";
+constexpr const char* kGram = "metareg::gram";
 
 // Rows [r0, r1) of x (row length D): xhat = x / max(|x|, eps), inv = 1 / max(|x|, eps),
 // unclamped = |x| >= eps (the rows whose norm carries gradient, as with clamp_min's backward).
@@ -244,13 +246,10 @@ METAREG_CLONES void wide_chunk(const T* a, const T* b, T* part, bool same, int64
   }
 }
 
-// Returns false (out untouched) when a product or square sum overflowed T, or a square sum is too
-// small for T's products to keep their precision (|row| < ~1e-10 in float32, including rows whose
-// squares all underflowed to 0, and zero rows): the caller then takes the normalise-first path,
-// which handles any magnitude.
+// The wide pass proper: for each batch k, W = N*M + N + M sums in double (layout of wide_chunk's
+// parts: the pair products, then the square sums of a's rows and of b's).  Every row is read once.
 template <typename T>
-bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool same, const CosineDims& d,
-                  double eps, at::Tensor* norms = nullptr) {
+std::vector<double> wide_sums(const at::Tensor& a, const at::Tensor& b, bool same, const CosineDims& d) {
   const int64_t chunks = (d.D + kWideChunk - 1) / kWideChunk;
   const int64_t W = d.N * d.M + d.N + d.M;
   std::vector<T> parts(static_cast<size_t>(d.B * chunks * W), T(0));
@@ -264,7 +263,6 @@ bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, boo
                     std::min(kWideChunk, d.D - d0));
     }
   });
-  const double tiny = std::is_same<T, float>::value ? 1e-20 : 1e-280;
   std::vector<double> sums(static_cast<size_t>(d.B * W), 0.0);
   for (int64_t k = 0; k < d.B; ++k) {
     double* s = sums.data() + k * W;
@@ -272,6 +270,22 @@ bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, boo
       const T* p = pp + (k * chunks + c) * W;
       for (int64_t w = 0; w < W; ++w) s[w] += static_cast<double>(p[w]);
     }
+  }
+  return sums;
+}
+
+// Cosines from the wide pass.  Returns false (out untouched) when a product or square sum
+// overflowed T, or a square sum is too small for T's products to keep their precision (|row| <
+// ~1e-10 in float32, including rows whose squares all underflowed to 0, and zero rows): the
+// caller then takes the normalise-first path, which handles any magnitude.
+template <typename T>
+bool wide_forward(const at::Tensor& a, const at::Tensor& b, at::Tensor& out, bool same, const CosineDims& d,
+                  double eps, at::Tensor* norms = nullptr) {
+  const int64_t W = d.N * d.M + d.N + d.M;
+  const std::vector<double> sums = wide_sums<T>(a, b, same, d);
+  const double tiny = std::is_same<T, float>::value ? 1e-20 : 1e-280;
+  for (int64_t k = 0; k < d.B; ++k) {
+    const double* s = sums.data() + k * W;
     // with same, the M slots of b's square sums are unused (the diagonal holds them)
     const int64_t used = same ? d.N * d.M + d.N : W;
     for (int64_t w = 0; w < used; ++w) {
@@ -390,6 +404,64 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_norms_cpu(const at::Tensor& a
   return {out, norms};
 }
 
+// -- gram: a a^T, the combiners' Gram matrix of task gradients -----------------------------------
+// Three paths, one answer up to rounding (the reference is a @ a^T):
+//  * wide (N <= 16, D >= 4096, as for pairwise_cosine): the chunked products of the wide pass,
+//    summed in double; one read of a and nothing the size of a written.  Unlike the cosines it
+//    never hands over: an overflowing product is inf, as a GEMM in T would give.
+//  * blocked, for longer rows otherwise (D >= 4 blocks): a [N, D] @ a^T is a poor shape for MKL
+//    (one long dot product per entry: [8, 1e6] ~1.9 ms); as a batch of [N, kGramBlock] blocks
+//    whose products are summed it runs at ~0.9 ms, about one pass over a, since each block stays
+//    in L2.
+//  * a plain mm (bmm) for everything else.
+constexpr int64_t kGramBlock = 16384;
+
+// out [N, N] = a a^T for a contiguous a [N, D], through [N, kGramBlock] blocks.
+void blocked_gram(const at::Tensor& a, at::Tensor out) {
+  const int64_t n = a.size(0), D = a.size(1), k = D / kGramBlock;
+  const at::Tensor blocks = a.narrow(1, 0, k * kGramBlock).reshape({n, k, kGramBlock}).transpose(0, 1);
+  at::Tensor acc = at::bmm(blocks, blocks.transpose(1, 2)).sum(0);
+  if (D > k * kGramBlock) {
+    const at::Tensor rest = a.narrow(1, k * kGramBlock, D - k * kGramBlock);
+    acc.addmm_(rest, rest.t());
+  }
+  out.copy_(acc);
+}
+
+at::Tensor gram_cpu(const at::Tensor& a_in) {
+  const CosineDims d = check_pairwise_cosine(kGram, a_in, a_in, /*allow_half=*/false);
+  TORCH_CHECK(a_in.device().is_cpu(), kGram, ": CPU kernel called with a tensor on ", a_in.device());
+  const at::Tensor a = a_in.contiguous();
+  std::vector<int64_t> out_shape = a.dim() == 3 ? std::vector<int64_t>{d.B, d.N, d.N} : std::vector<int64_t>{d.N, d.N};
+  at::Tensor out = at::empty(out_shape, a.options());
+  if (out.numel() == 0) return out;
+  if (d.D == 0) return out.zero_();
+  if (use_wide(d)) {
+    AT_DISPATCH_FLOATING_TYPES(a.scalar_type(), kGram, [&] {
+      const std::vector<double> sums = wide_sums<scalar_t>(a, a, /*same=*/true, d);
+      const int64_t W = d.N * d.N + 2 * d.N;
+      scalar_t* op = out.data_ptr<scalar_t>();
+      for (int64_t k = 0; k < d.B; ++k) {
+        const double* s = sums.data() + k * W;
+        for (int64_t i = 0; i < d.N; ++i) {
+          for (int64_t j = 0; j < d.N; ++j) {
+            op[(k * d.N + i) * d.N + j] = static_cast<scalar_t>(j < i ? s[j * d.N + i] : s[i * d.N + j]);
+          }
+        }
+      }
+    });
+    return out;
+  }
+  if (d.D >= 4 * kGramBlock) {
+    const at::Tensor a3 = a.view({d.B, d.N, d.D});
+    const at::Tensor o3 = out.view({d.B, d.N, d.N});
+    for (int64_t k = 0; k < d.B; ++k) blocked_gram(a3[k], o3[k]);
+    return out;
+  }
+  if (a.dim() == 3) return at::bmm_out(out, a, transpose_last(a));
+  return at::mm_out(out, a, transpose_last(a));
+}
+
 std::tuple<at::Tensor, at::Tensor> pairwise_cosine_backward_cpu(const at::Tensor& grad_in, const at::Tensor& a_in,
                                                                 const at::Tensor& b_in, double eps) {
   const CosineDims d = check_pairwise_cosine_backward(kBwd, grad_in, a_in, b_in, /*allow_half=*/false);
@@ -455,4 +527,5 @@ TORCH_LIBRARY_IMPL(metareg, CPU, m) {
   m.impl("pairwise_cosine", &metareg::pairwise_cosine_cpu);
   m.impl("pairwise_cosine_backward", &metareg::pairwise_cosine_backward_cpu);
   m.impl("pairwise_cosine_norms", &metareg::pairwise_cosine_norms_cpu);
+  m.impl("gram", &metareg::gram_cpu);
 }

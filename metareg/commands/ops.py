@@ -29,6 +29,7 @@ def _describe_build(status: dict) -> list[str]:
 def ops(as_json: bool) -> None:
     """Show whether metareg's compiled ops are in use, and why not where they are not."""
     from ..ops import status
+    from ..ops._table import OPS
 
     s = status()
     if as_json:
@@ -42,13 +43,12 @@ def ops(as_json: bool) -> None:
     click.echo(f"running on:  torch {r['torch_version']}, {r['threads']} threads, "
                f"CUDA device {'available' if r['cuda_available'] else 'not available'}")
     click.echo("")
-    rows = [("op", "device", "implementation", "why")]
+    summaries = {spec.name: spec.summary for spec in OPS}
+    width = max(len(info["implementation"]) for devices in s["ops"].values() for info in devices.values())
     for op, devices in s["ops"].items():
+        click.echo(f"{op}: {summaries.get(op, '')}")
         for dev, info in devices.items():
-            rows.append((op, dev, info["implementation"], info["why"]))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    for row in rows:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+            click.echo(f"  {dev:<5} {info['implementation']:<{width}}  {info['why']}")
     if not s["extension_loaded"]:
         click.echo(f"\nThe reference (plain torch) implementation is correct but slower. Unset "
                    f"{s['disable_env']} or build the extension to use the kernels.")

@@ -17,49 +17,23 @@ import torch
 from torch import Tensor
 
 from ..errors import ShapeError
-from ..ops import _fallback_reason, pairwise_cosine_norms
+from ..ops import gram, pairwise_cosine_norms
 
 __all__ = ["gram", "normalized_gram", "nonneg_qp", "project_simplex", "projection_orders", "solve_spd"]
 
-# Columns per block of the CPU Gram product: J @ J.T on a short-and-wide [8, 1e6] matrix is a
-# poor shape for MKL (one long dot product per entry, ~1.9 ms); the same product as a batch of
-# [8, 16384] blocks runs at ~0.9 ms, about one pass over J, because each block stays in L2.
-_BLOCK = 16384
 # Below this the Gram entries of a float32 J are subnormal or zero and carry no direction.
 _TINY = 1e-30
 
 
-def gram(jacobian: Tensor) -> Tensor:
-    """G = J J^T [T, T] in J's dtype, for J [T, P]."""
-    t, p = jacobian.shape
-    if jacobian.device.type != "cpu" or p < 4 * _BLOCK or not jacobian.is_contiguous():
-        return jacobian @ jacobian.T
-    k = p // _BLOCK
-    blocks = jacobian[:, : k * _BLOCK].reshape(t, k, _BLOCK).transpose(0, 1)
-    out = torch.bmm(blocks, blocks.transpose(1, 2)).sum(0)
-    rest = jacobian[:, k * _BLOCK:]
-    if rest.shape[1]:
-        out = out.addmm(rest, rest.T)
-    return out
-
-
 def _raw_gram(jacobian: Tensor, cosine: bool, eps: float) -> Tensor:
-    if not cosine and not _wide(jacobian):
+    # Both ops pick their own path by shape and device (metareg.ops.gram, csrc/cpu/pairwise_cosine.cpp).
+    if not cosine:
         return gram(jacobian)
     # The cosine op normalises each row by max(|row|, eps); multiplying back by the same clamped
     # norms recovers the exact inner products, also for rows shorter than eps (zero rows give 0).
-    # For a short, wide J on CPU the op's wide kernel returns cosines and norms from one read of J,
-    # faster than the blocked J @ J.T even where no cosine is wanted.
     cos, norms = pairwise_cosine_norms(jacobian, eps)
     norms = norms.clamp_min(eps)
     return cos * norms[:, None] * norms[None, :]
-
-
-def _wide(jacobian: Tensor) -> bool:
-    """A [T, P] matrix the compiled wide kernel reads once (CPU, T <= 16, P >= 4096)."""
-    t, p = jacobian.shape
-    return (jacobian.device.type == "cpu" and t <= 16 and p >= 4096 and not jacobian.requires_grad
-            and _fallback_reason(jacobian) is None)
 
 
 def normalized_gram(jacobian: Tensor, *, cosine: bool = False, eps: float = 1e-8) -> tuple[Tensor, float]:

@@ -1,12 +1,13 @@
 """Public wrappers over metareg's custom ops.
 
-``pairwise_cosine`` and ``task_step`` dispatch to the compiled kernels of ``metareg._C`` when the
-extension is built, and fall back to the plain-torch reference (``metareg.ops._reference``, with
-one warning) when it is not, so ``import metareg`` always works.  ``metareg ops`` reports which
-implementation each op uses (:func:`status`).
+Each wrapper dispatches to the compiled kernel of ``metareg._C`` where the extension has one for
+the input's device and dtype, and falls back to the plain-torch reference
+(``metareg.ops._reference``, with one warning) where it should have one but does not, so
+``import metareg`` always works.  Which op has which kernel, and what runs elsewhere, is one table
+(``metareg.ops._table``); ``metareg ops`` renders it (:func:`status`).
 
-Both are differentiable to second order (second-order MAML, Meta-SGD with a learned rate) and
-traceable by ``torch.compile(fullgraph=True)``.
+``pairwise_cosine`` and ``task_step`` are differentiable to second order (second-order MAML,
+Meta-SGD with a learned rate) and traceable by ``torch.compile(fullgraph=True)``.
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ from torch import Tensor
 
 from ..errors import ShapeError
 from . import _reference
-from ._registration import DISABLE_ENV, extension, kernels, load_reason
+from ._registration import DISABLE_ENV, extension, has_kernel, load_reason
+from ._table import OPS, SPECS
 
-__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "task_step", "status"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "gram", "task_step", "status"]
 
-# Element types each backend's kernels take; other floating types use the reference.
-_KERNEL_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
-    "cuda": (torch.float32, torch.float64, torch.float16, torch.bfloat16),
-}
+# op -> device type -> the dtypes its compiled kernel takes (only where the extension has it); CPU
+# apart, since ``t.is_cpu`` costs a fifth of ``t.device.type`` on the per-step path
+_KERNEL_DTYPES = {spec.name: {dev: frozenset(k.dtypes) for dev, k in spec.kernels.items() if has_kernel[spec.name, dev]}
+                  for spec in OPS}
+_CPU_DTYPES = {op: devices.get("cpu", frozenset()) for op, devices in _KERNEL_DTYPES.items()}
 _warned: set[str] = set()
 # The op namespace; calling an overload (.default) directly skips overload resolution per call.
 _ops = torch.ops.metareg
@@ -36,16 +38,30 @@ def _shape(t: Tensor) -> list[int]:
     return list(t.shape)
 
 
-def _fallback_reason(t: Tensor) -> str | None:
-    """None when the compiled kernel handles ``t``'s device and dtype, else why not."""
-    dev = t.device.type
+def _compiled(op: str, t: Tensor) -> bool:
+    """Whether op's compiled kernel takes ``t``'s device and dtype (hot path: every step)."""
+    if t.is_cpu:
+        return t.dtype in _CPU_DTYPES[op]
+    dtypes = _KERNEL_DTYPES[op].get(t.device.type)
+    return dtypes is not None and t.dtype in dtypes
+
+
+def _why_not(op: str, dev: str, dtype: torch.dtype | None = None) -> str:
+    spec = SPECS[op]
+    if dev not in spec.kernels:
+        return f"{op} has no {dev} kernel by design"
     if extension is None:
         return load_reason
-    if not kernels.get(dev, False):
-        return f"metareg._C has no {dev} kernels (built {'with' if extension.with_cuda else 'without'} CUDA)"
-    if t.dtype not in _KERNEL_DTYPES[dev]:
-        return f"the {dev} kernels do not take {t.dtype}"
-    return None
+    if not has_kernel[op, dev]:
+        return f"metareg._C has no {dev} kernel for {op} (built {'with' if extension.with_cuda else 'without'} CUDA)"
+    return f"the {dev} kernel of {op} does not take {dtype}"
+
+
+def _fallback(op: str, t: Tensor) -> None:
+    """Warn (once per reason) where ``op`` should have had a kernel for ``t``: not where its table
+    entry has none for the device by design (there the fallback is the right path)."""
+    if t.device.type in SPECS[op].kernels:
+        _warn_once(_why_not(op, t.device.type, t.dtype))
 
 
 def _warn_once(reason: str) -> None:
@@ -53,7 +69,7 @@ def _warn_once(reason: str) -> None:
         return
     _warned.add(reason)
     warnings.warn(f"metareg.ops: {reason}; using the plain-torch reference implementation (slower). "
-                  "`metareg ops` shows which implementation each op uses.", RuntimeWarning, stacklevel=3)
+                  "`metareg ops` shows which implementation each op uses.", RuntimeWarning, stacklevel=4)
 
 
 def _check_cosine(a: Tensor, b: Tensor) -> None:
@@ -85,10 +101,9 @@ def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Te
     if b is None:
         b = a
     _check_cosine(a, b)
-    reason = _fallback_reason(a)
-    if reason is None:
+    if _compiled("pairwise_cosine", a):
         return _ops.pairwise_cosine.default(a, b, eps)
-    _warn_once(reason)
+    _fallback("pairwise_cosine", a)
     return _reference.pairwise_cosine(a, b, eps)
 
 
@@ -96,18 +111,49 @@ def pairwise_cosine_norms(a: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]
     """``pairwise_cosine(a)`` and the row norms of ``a`` from one call: ``(cos, norms)`` with cos
     [B, N, N] (or [N, N]) and norms [B, N] (or [N]), unclamped.
 
-    For the multi-task combiners, which need the inner products of the task gradients
-    ``G = cos * max(n_i, eps) * max(n_j, eps)`` as well as their cosines: on CPU, for few long rows
-    (the [T, P] task-gradient matrix), the compiled kernel reads ``a`` once for both.  Elsewhere
-    (other shapes, CUDA, no extension, or inputs that need a gradient: this is a forward-only
-    op) it is ``pairwise_cosine(a)`` plus one ``torch.linalg.vector_norm``.
+    For the multi-task combiners' cosine Gram matrix ``G = cos * max(n_i, eps) * max(n_j, eps)``
+    (PCGrad, GradVac: the inner products with the same cosines as :func:`pairwise_cosine`).  The
+    CPU kernel picks its path: for few long rows (the [T, P] task-gradient matrix) it reads ``a``
+    once for both.  Elsewhere (CUDA, no extension, or inputs that need a gradient: the compiled
+    op is forward-only) it is ``pairwise_cosine(a)`` plus one ``torch.linalg.vector_norm``.
     """
     _check_cosine(a, a)
-    if (_fallback_reason(a) is None and a.device.type == "cpu"
-            and not (a.requires_grad and torch.is_grad_enabled())):
+    if _compiled("pairwise_cosine_norms", a) and not (a.requires_grad and torch.is_grad_enabled()):
         return _ops.pairwise_cosine_norms.default(a, eps)
     # norms accumulated in float64 (float32 squares overflow above |x| ~ 1e19), as the kernel does
     return pairwise_cosine(a, a, eps), torch.linalg.vector_norm(a, dim=-1, dtype=torch.float64).to(a.dtype)
+
+
+def gram(a: Tensor) -> Tensor:
+    """The Gram matrix ``a a^T`` of the rows of ``a``: a [B, N, D] -> [B, N, N], or a [N, D] ->
+    [N, N], in a's dtype.
+
+    The multi-task combiners' one pass over the task Jacobian J [T, P].  The CPU kernel picks its
+    path by shape: few long rows are read once with the products summed in double, long rows go
+    through a blocked GEMM that stays in cache, the rest through one GEMM; the answer is
+    ``a @ a^T`` up to rounding.  Elsewhere (CUDA, no extension, an input that needs a gradient:
+    the compiled op is forward-only) it is ``a @ a^T``.
+
+    Raises :class:`metareg.errors.ShapeError` for an input that is not 2-D or 3-D floating point.
+    """
+    if _compiled("gram", a) and not (a.requires_grad and torch.is_grad_enabled()):
+        # per step of every combiner: the kernel checks its input; the Python checks, which say
+        # the same as a ShapeError, run only once it has refused it
+        try:
+            return _ops.gram.default(a)
+        except RuntimeError:
+            _check_gram(a)
+            raise
+    _check_gram(a)
+    if not _compiled("gram", a):
+        _fallback("gram", a)
+    return _reference.gram(a)
+
+
+def _check_gram(a: Tensor) -> None:
+    if a.dim() not in (2, 3) or not a.is_floating_point():
+        raise ShapeError(f"metareg.ops.gram: expected a floating-point a of shape [B, N, D] or [N, D], got "
+                         f"{a.dtype} of shape {_shape(a)}.") from None
 
 
 def _check_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> None:
@@ -142,8 +188,7 @@ def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
     single = grads.dim() == 1 and params.dim() == 1
     if single:
         grads = grads.unsqueeze(0)
-    reason = _fallback_reason(grads)
-    if reason is None:
+    if _compiled("task_step", grads):
         # hot path (every inner step): the kernel checks its inputs itself; the Python checks,
         # which give the same verdict as a ShapeError, run only once it has refused them
         try:
@@ -159,21 +204,22 @@ def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
             raise
     else:
         _check_step(params, grads, lr)
-        _warn_once(reason)
+        _fallback("task_step", grads)
         out = _reference.task_step(params, grads, lr)
     return out.squeeze(0) if single else out
 
 
-def _implementation(device: str) -> tuple[str, str]:
-    if extension is None:
-        return "reference", load_reason
-    if not kernels.get(device, False):
-        why = ("extension built without CUDA" if device == "cuda" and not extension.with_cuda
-               else f"no {device} kernel registered")
-        return "reference", why
-    dtypes = ", ".join(str(d).removeprefix("torch.") for d in _KERNEL_DTYPES[device])
-    what = "C++ kernel (at::parallel_for, vectorised)" if device == "cpu" else "CUDA kernel"
-    return "compiled", f"{what} for {dtypes}; other floating dtypes use the reference"
+def _implementation(op: str, device: str) -> dict:
+    """What runs for ``op`` on ``device`` tensors, and why, from the op table."""
+    spec = SPECS[op]
+    kernel = spec.kernels.get(device)
+    if kernel is not None and has_kernel[op, device]:
+        dtypes = ", ".join(str(d).removeprefix("torch.") for d in kernel.dtypes)
+        grad = " and inputs that need a gradient" if spec.forward_only else ""
+        return {"implementation": "compiled",
+                "why": f"{kernel.what}; for {dtypes} (other dtypes{grad}: {spec.fallback[1]})"}
+    label, what = spec.fallback
+    return {"implementation": label, "why": f"{what}: {_why_not(op, device)}"}
 
 
 def status() -> dict:
@@ -182,8 +228,8 @@ def status() -> dict:
     Keys: ``extension_loaded`` (bool), ``reason`` (why or why not), ``disable_env`` (the variable
     that blocks loading), ``build`` (torch version, compiler, OpenMP, CPU ISA, CUDA runtime and
     architectures; empty when not loaded), ``runtime`` (this process's torch and CUDA
-    availability) and ``ops``: op -> device -> {"implementation": "compiled" | "reference",
-    "why": str}.
+    availability) and ``ops``: op -> device -> {"implementation": "compiled" | "reference" |
+    "composed", "why": str}, one entry per row of the op table (``metareg.ops._table.OPS``).
     """
     build: dict = {}
     if extension is not None:
@@ -198,7 +244,6 @@ def status() -> dict:
             "cuda_arch_list": [f"sm_{int(a) // 10}" if a.isdigit() else a
                                for a in extension.cuda_arch_list.split(",") if a] if extension.with_cuda else [],
         }
-    per_device = {dev: dict(zip(("implementation", "why"), _implementation(dev))) for dev in ("cpu", "cuda")}
     return {
         "extension_loaded": extension is not None,
         "reason": load_reason,
@@ -206,17 +251,5 @@ def status() -> dict:
         "build": build,
         "runtime": {"torch_version": torch.__version__, "cuda_available": torch.cuda.is_available(),
                     "threads": torch.get_num_threads()},
-        "ops": {**{op: {dev: dict(v) for dev, v in per_device.items()} for op in ("pairwise_cosine", "task_step")},
-                "pairwise_cosine_norms": _norms_implementation(per_device)},
+        "ops": {spec.name: {dev: _implementation(spec.name, dev) for dev in ("cpu", "cuda")} for spec in OPS},
     }
-
-
-def _norms_implementation(per_device: dict) -> dict:
-    """pairwise_cosine_norms: the CPU kernel where it is compiled, else its two halves."""
-    composed = {"implementation": "composed", "why": "pairwise_cosine (as above) + torch.linalg.vector_norm"}
-    cpu = dict(per_device["cpu"])
-    if cpu["implementation"] == "compiled":
-        cpu["why"] = "C++ kernel: one read of a for cosines and norms (wide path), else composed"
-    else:
-        cpu = composed
-    return {"cpu": cpu, "cuda": composed}

@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "pairwise_cosine_backward", "task_step", "task_step_backward"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "pairwise_cosine_backward", "gram", "task_step",
+           "task_step_backward"]
 
 
 def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
@@ -36,6 +37,11 @@ def pairwise_cosine_norms(a: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]
     the unclamped row norms [B, N] (or [N]), so that ``cos * max(n_i, eps) * max(n_j, eps)`` is the
     Gram matrix ``a a^T``."""
     return pairwise_cosine(a, a, eps), torch.linalg.vector_norm(a, dim=-1)
+
+
+def gram(a: Tensor) -> Tensor:
+    """The Gram matrix of the rows of ``a``: a [B, N, D] -> ``a a^T`` [B, N, N] (or 2-D without B)."""
+    return torch.matmul(a, a.transpose(-1, -2))
 
 
 def _normalized(x: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:

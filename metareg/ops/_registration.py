@@ -17,11 +17,12 @@ from types import ModuleType
 import torch
 
 from . import _reference as ref
+from ._table import OPS
 
-__all__ = ["DISABLE_ENV", "extension", "load_reason", "kernels"]
+__all__ = ["DISABLE_ENV", "extension", "load_reason", "kernels", "has_kernel"]
 
 DISABLE_ENV = "METAREG_DISABLE_EXTENSION"
-OPS = ("pairwise_cosine", "pairwise_cosine_backward", "task_step", "task_step_tensor", "task_step_backward")
+_DISPATCH_KEYS = {"cpu": "CPU", "cuda": "CUDA"}
 
 
 def _load() -> tuple[ModuleType | None, str]:
@@ -63,6 +64,10 @@ def _register() -> None:
     @torch.library.register_fake(lib + "pairwise_cosine_norms")
     def _(a, eps=1e-8):
         return a.new_empty((*a.shape[:-1], a.shape[-2])), a.new_empty(a.shape[:-1])
+
+    @torch.library.register_fake(lib + "gram")
+    def _(a):
+        return a.new_empty((*a.shape[:-1], a.shape[-2]))
 
     @torch.library.register_fake(lib + "task_step")
     def _(params, grads, lr):
@@ -137,8 +142,11 @@ if extension is not None:
     except Exception as exc:  # e.g. a torch too old for torch.library.register_autograd
         extension, load_reason = None, f"metareg._C loaded but its Python registrations failed: {exc}"
 
-#: Which devices have a compiled kernel for every op, e.g. {"cpu": True, "cuda": False}.
-kernels = {
-    "cpu": extension is not None and all(_has_kernel(op, "CPU") for op in OPS),
-    "cuda": extension is not None and all(_has_kernel(op, "CUDA") for op in OPS),
+#: (op, device type) -> whether metareg._C has that op's kernel (every compiled op it uses, as the
+#: table in _table.py lists them) for that device, for each device the table gives it a kernel on.
+has_kernel = {
+    (spec.name, dev): extension is not None and all(_has_kernel(op, _DISPATCH_KEYS[dev]) for op in spec.uses)
+    for spec in OPS for dev in spec.kernels
 }
+#: Which devices have every kernel the table lists for them, e.g. {"cpu": True, "cuda": False}.
+kernels = {dev: all(ok for (_, d), ok in has_kernel.items() if d == dev) for dev in _DISPATCH_KEYS}

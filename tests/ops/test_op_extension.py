@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from metareg.ops._registration import DISABLE_ENV, extension
+from metareg.ops._registration import DISABLE_ENV, extension, has_kernel
+from metareg.ops._table import OPS
 
 ROOT = Path(__file__).resolve().parents[2]
 CSRC = ROOT / "csrc"
@@ -72,11 +74,32 @@ def test_ops_command_text_and_json():
     res = CliRunner().invoke(ops, ["--json"])
     assert res.exit_code == 0, res.output
     data = json.loads(res.output)
-    assert set(data["ops"]) == {"pairwise_cosine", "pairwise_cosine_norms", "task_step"}
+    assert list(data["ops"]) == [spec.name for spec in OPS]
     res = CliRunner().invoke(ops, [])
     assert res.exit_code == 0
-    assert "pairwise_cosine" in res.output and "task_step" in res.output
+    for spec in OPS:  # each op's row of the table, with its summary
+        assert f"{spec.name}: {spec.summary}" in res.output
     assert ("loaded" if extension is not None else "NOT loaded") in res.output
+
+
+def test_op_table_matches_the_schemas_and_the_wrappers():
+    # one table describes the ops: every compiled op it names has a schema in csrc/ops.cpp, every
+    # schema there is named by it, and every row has a public wrapper with a reference
+    import metareg.ops as public
+
+    schemas = set(re.findall(r'm\.def\("(\w+)\(', (CSRC / "ops.cpp").read_text()))
+    used = {op for spec in OPS for op in spec.uses}
+    assert used == schemas
+    for spec in OPS:
+        assert spec.uses[0] == spec.name and spec.name in public.__all__
+        assert callable(getattr(public, spec.name))
+        assert spec.fallback[0] in ("reference", "composed")
+        assert spec.fallback[0] == "composed" or hasattr(public._reference, spec.name)
+        assert set(spec.kernels) <= {"cpu", "cuda"}
+        if extension is not None:
+            for op in spec.uses:
+                assert hasattr(torch.ops.metareg, op)
+            assert has_kernel.get((spec.name, "cpu"), False) == ("cpu" in spec.kernels)
 
 
 def test_bench_table_ratios():
