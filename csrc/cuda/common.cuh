@@ -1,4 +1,5 @@
-// Device helpers shared by metareg's kernels: element conversion and warp reductions.
+// Device helpers shared by metareg's kernels: element conversion and warp reductions.  The dtype
+// switch (dispatch) is in cuda/dtype.h, with the list of element types.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -71,22 +72,6 @@ __device__ __forceinline__ A warp_sum(A v) {
 }
 
 inline unsigned ceil_div(int64_t a, int64_t b) { return static_cast<unsigned>((a + b - 1) / b); }
-
-// Calls f with a null pointer of the element type named by dt (the kernels' dtype switch).
-template <typename F>
-cudaError_t dispatch(DType dt, F&& f) {
-  switch (dt) {
-    case DType::F32:
-      return f(static_cast<float*>(nullptr));
-    case DType::F64:
-      return f(static_cast<double*>(nullptr));
-    case DType::F16:
-      return f(static_cast<__half*>(nullptr));
-    case DType::BF16:
-      return f(static_cast<__nv_bfloat16*>(nullptr));
-  }
-  return cudaErrorInvalidValue;
-}
 
 }  // namespace cuda
 }  // namespace metareg

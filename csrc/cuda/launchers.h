@@ -8,10 +8,10 @@
 
 #include <cstdint>
 
+#include "cuda/dtype.h"
+
 namespace metareg {
 namespace cuda {
-
-enum class DType : int { F32 = 0, F64 = 1, F16 = 2, BF16 = 3 };
 
 // One launch: row norms, products and scaling for a [B, N, D] x b [B, M, D] -> out [B, N, M].
 // Meant for launch-bound shapes; needs M (inv norms of b) to fit in shared memory.

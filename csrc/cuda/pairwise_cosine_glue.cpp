@@ -18,21 +18,6 @@ namespace {
 constexpr const char* kFwd = "metareg::pairwise_cosine";
 constexpr const char* kBwd = "metareg::pairwise_cosine_backward";
 
-cuda::DType dtype_of(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return cuda::DType::F32;
-    case at::kDouble:
-      return cuda::DType::F64;
-    case at::kHalf:
-      return cuda::DType::F16;
-    case at::kBFloat16:
-      return cuda::DType::BF16;
-    default:
-      TORCH_CHECK(false, "metareg: unsupported dtype ", t.scalar_type());
-  }
-}
-
 void check_launch(cudaError_t err, const char* op, const char* what) {
   TORCH_CHECK(err == cudaSuccess, op, ": ", what, " failed: ", cudaGetErrorString(err));
 }
@@ -61,7 +46,7 @@ at::Tensor pairwise_cosine_cuda(const at::Tensor& a_in, const at::Tensor& b_in, 
   at::Tensor out = at::empty(shape, a.options());
   if (out.numel() == 0) return out;
   if (d.D == 0) return out.zero_();
-  const cuda::DType dt = dtype_of(a);
+  const cuda::DType dt = cuda::dtype_of(kFwd, a.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(d, dt)) {
     check_launch(cuda::pairwise_cosine_fused(dt, a.data_ptr(), b.data_ptr(), out.data_ptr(), d.B, d.N, d.M, d.D, eps,
@@ -99,7 +84,7 @@ std::tuple<at::Tensor, at::Tensor> pairwise_cosine_backward_cuda(const at::Tenso
   if (ga.numel() == 0 && gb.numel() == 0) return {ga, gb};
   if (d.N == 0 || d.M == 0) return {ga.zero_(), gb.zero_()};
   const at::Tensor G = grad_in.contiguous();
-  const cuda::DType dt = dtype_of(a);
+  const cuda::DType dt = cuda::dtype_of(kBwd, a.scalar_type());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (use_fused(d, dt)) {
     check_launch(cuda::pairwise_cosine_backward_fused(dt, G.data_ptr(), a.data_ptr(), b.data_ptr(), ga.data_ptr(),

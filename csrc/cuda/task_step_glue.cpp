@@ -17,21 +17,6 @@ constexpr const char* kStep = "metareg::task_step";
 constexpr const char* kStepT = "metareg::task_step_tensor";
 constexpr const char* kStepBwd = "metareg::task_step_backward";
 
-cuda::DType step_dtype(const at::Tensor& t) {
-  switch (t.scalar_type()) {
-    case at::kFloat:
-      return cuda::DType::F32;
-    case at::kDouble:
-      return cuda::DType::F64;
-    case at::kHalf:
-      return cuda::DType::F16;
-    case at::kBFloat16:
-      return cuda::DType::BF16;
-    default:
-      TORCH_CHECK(false, "metareg: unsupported dtype ", t.scalar_type());
-  }
-}
-
 at::Tensor step_impl(const char* op, const at::Tensor& params_in, const at::Tensor& grads_in, const at::Tensor* lr_in,
                      double lr_value) {
   const StepDims d = check_task_step(op, params_in, grads_in, lr_in, /*allow_half=*/true);
@@ -42,7 +27,7 @@ at::Tensor step_impl(const char* op, const at::Tensor& params_in, const at::Tens
   const at::Tensor lr = lr_in ? lr_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty({d.T, d.P}, grads.options());
   const cudaError_t err =
-      cuda::task_step_forward(step_dtype(grads), params.data_ptr(), grads.data_ptr(),
+      cuda::task_step_forward(cuda::dtype_of(op, grads.scalar_type()), params.data_ptr(), grads.data_ptr(),
                               lr.defined() ? lr.data_ptr() : nullptr, lr_value, out.data_ptr(), d.T, d.P, d.shared,
                               d.lr_kind, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, op, ": kernel launch failed: ", cudaGetErrorString(err));
@@ -73,10 +58,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> task_step_backward_cuda(const at:
   // A 0-d lr is summed per column by the kernel, then over columns here.
   at::Tensor dl = at::empty(d.lr_kind == 2 ? std::vector<int64_t>{d.T, d.P} : std::vector<int64_t>{d.P},
                             grads.options());
-  const cudaError_t err = cuda::task_step_backward(step_dtype(grads), grad.data_ptr(), grads.data_ptr(), lr.data_ptr(),
-                                                   dg.data_ptr(), params_shared ? dp.data_ptr() : nullptr,
-                                                   dl.data_ptr(), d.T, d.P, d.lr_kind,
-                                                   c10::cuda::getCurrentCUDAStream());
+  const cudaError_t err = cuda::task_step_backward(cuda::dtype_of(kStepBwd, grads.scalar_type()), grad.data_ptr(),
+                                                   grads.data_ptr(), lr.data_ptr(), dg.data_ptr(),
+                                                   params_shared ? dp.data_ptr() : nullptr, dl.data_ptr(), d.T, d.P,
+                                                   d.lr_kind, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(err == cudaSuccess, kStepBwd, ": kernel launch failed: ", cudaGetErrorString(err));
   if (d.lr_kind == 0) dl = dl.sum();
   return {dp, dg, dl};
