@@ -21,11 +21,11 @@ across tasks means nothing):
 * ``transductive=True`` (MAML's setting): each forward normalises with the mean and variance of
   the examples it is given, per task and channel.  A query forward therefore sees the other query
   examples of its task; accuracies obtained this way are transductive and must be reported so.
-  This is batch norm in training mode on the grouped layout: the fused forward and backward
-  kernels, with a double backward of our own (:class:`_BatchNormBackward`; PyTorch's is slow on
-  channels-last tensors).  Its second derivatives equal ``F.batch_norm``'s, and ``tests/nets``
-  checks the whole second-order meta-gradient against a per-task loop over the plain-torch
-  :func:`batch_norm` below.
+  This is batch norm in training mode on the grouped layout: the fused kernels with a double
+  backward of our own (:func:`metareg.nets.batchnorm.fused_batch_norm`, whose derivatives
+  ``tests/nets/test_batchnorm.py`` checks against ``F.batch_norm``'s), and ``tests/nets`` checks
+  the whole second-order meta-gradient against a per-task loop over the plain-torch
+  :func:`~metareg.nets.batchnorm.batch_norm`.
 * ``transductive=False``: the statistics come from the support examples only and are applied to
   the query examples.  The forward must then be told which examples are support: call
   ``net(flat, torch.cat([support_x, query_x], 1), support_size=S)``.  A forward on support
@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
+from .batchnorm import batch_norm, grouped_batch_norm
 from .functional import Flatten, FunctionalNet, Layer, Linear
 
 __all__ = ["batch_norm", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "ResBlock", "ConvNet", "conv4",
@@ -63,24 +64,6 @@ __all__ = ["batch_norm", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "R
 
 #: batched convolutions with at most this many inputs per output (C*k*k) use im2col + bmm
 IM2COL_MAX = 32
-
-
-def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, *, eps: float = 1e-5, support_size: int | None = None) -> Tensor:
-    """Per-task batch norm of ``x`` [T, N, C, H, W] with affine ``weight``/``bias`` [C] or [T, C].
-
-    Mean and (biased) variance are taken per task and channel over the N examples and the spatial
-    positions, from all N examples or only the first ``support_size`` of them.
-    """
-    ref = x if support_size is None else x[:, :support_size]
-    mean = ref.mean(dim=(1, 3, 4), keepdim=True)
-    var = (ref - mean).pow(2).mean(dim=(1, 3, 4), keepdim=True)
-    scale = torch.rsqrt(var + eps)
-    c = x.shape[2]
-    w = weight.view(-1 if weight.dim() == 2 else 1, 1, c, 1, 1)
-    b = bias.view(-1 if bias.dim() == 2 else 1, 1, c, 1, 1)
-    # fold the normalisation into one scale and shift: two ops on the big tensor instead of four
-    a = scale * w
-    return x * a + (b - mean * a)
 
 
 #: memory format of the grouped layout: channels-last ([N, H, W, T*C] in memory) makes
@@ -139,97 +122,6 @@ def _in_format(y: Tensor) -> Tensor:
     if GROUPED_FORMAT is torch.channels_last and not y.is_contiguous(memory_format=torch.channels_last):
         return y.contiguous(memory_format=torch.channels_last)
     return y
-
-
-_DIMS = (0, 2, 3)
-
-
-class _BatchNorm(torch.autograd.Function):
-    """Training-mode batch norm of [N, C, H, W] (no running statistics): the fused forward and
-    backward kernels, and a double backward of our own (:class:`_BatchNormBackward`)."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias, eps):
-        y, mean, invstd = torch.native_batch_norm(x, weight, bias, None, None, True, 0.0, eps)
-        ctx.save_for_backward(x, weight, mean, invstd)
-        ctx.eps = eps
-        return y
-
-    @staticmethod
-    def backward(ctx, gy):
-        x, weight, mean, invstd = ctx.saved_tensors
-        gx, gw, gb = _BatchNormBackward.apply(gy, x, weight, mean, invstd, ctx.eps)
-        return gx, gw, gb, None
-
-
-class _BatchNormBackward(torch.autograd.Function):
-    """``native_batch_norm_backward`` (one fused kernel) with its derivative written out.
-
-    PyTorch's own double backward of batch norm reduces with one ``sum`` per dimension, and the
-    first of them (over N) is 30x slower on channels-last tensors than on channels-first ones
-    (14 ms on [5, 512, 28, 28]); this one reduces over (N, H, W) at once.  With
-    ``xh = (x - mean) * r``, ``r = 1 / sqrt(var + eps)``, means over the M = N*H*W entries of a
-    channel, ``gm = mean(gy)``, ``m1 = mean(gy * xh)``, ``u = gy - gm - xh * m1``, the backward is
-    ``gx = w r u``, ``gw = sum(gy xh)``, ``gb = sum(gy)``, and for cotangents ``ggx, ggw, ggb``
-    (``S = sum(ggx)``, ``B = sum(ggx xh)``, ``A = sum(ggx u)``):
-
-    * d/d gy = w r (ggx - S/M - xh B/M) + ggw xh + ggb
-    * d/d w  = r A
-    * d/d x  = (ggw r - w r^2 B/M) u - (w r^2 A/M) xh - w r^2 m1 (ggx - S/M - xh B/M)
-
-    The statistics are recomputed from ``x`` in differentiable ops, so this is itself
-    differentiable (third order) in ``x``; checked by gradcheck/gradgradcheck in tests/nets.
-    """
-
-    @staticmethod
-    def forward(ctx, gy, x, weight, mean, invstd, eps):
-        gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            gy, x, weight, None, None, mean, invstd, True, eps, [True, True, True])
-        ctx.save_for_backward(gy, x, weight)
-        ctx.eps = eps
-        return gx, gw, gb
-
-    @staticmethod
-    def backward(ctx, ggx, ggw, ggb):
-        gy, x, weight = ctx.saved_tensors
-        c = x.shape[1]
-        m = x.numel() // c
-        var, mean = torch.var_mean(x, dim=_DIMS, correction=0, keepdim=True)
-        r = torch.rsqrt(var + ctx.eps)
-        xh = (x - mean) * r
-        w = weight.view(1, c, 1, 1)
-        gm = gy.sum(_DIMS, keepdim=True) / m
-        m1 = (gy * xh).sum(_DIMS, keepdim=True) / m
-        s_ = ggx.sum(_DIMS, keepdim=True)
-        b_ = (ggx * xh).sum(_DIMS, keepdim=True)
-        a_ = (ggx * gy).sum(_DIMS, keepdim=True) - gm * s_ - m1 * b_
-        wr = w * r
-        wr2 = wr * r
-        ggw4, ggb4 = ggw.view(1, c, 1, 1), ggb.view(1, c, 1, 1)
-        # d/d gy = wr ggx + (ggw - wr B/M) xh + (ggb - wr S/M)
-        g_gy = wr * ggx + (ggw4 - wr * b_ / m) * xh + (ggb4 - wr * s_ / m)
-        # d/d x = k u - (wr2 A/M) xh - wr2 m1 (ggx - S/M - xh B/M), u = gy - gm - xh m1
-        k = ggw4 * r - wr2 * b_ / m
-        cx = -k * m1 - wr2 * a_ / m + wr2 * m1 * b_ / m
-        c0 = -k * gm + wr2 * m1 * s_ / m
-        g_x = k * gy + cx * xh - (wr2 * m1) * ggx + c0
-        g_w = (r * a_).view(c)
-        return g_gy, g_x, g_w, None, None, None
-
-
-def grouped_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, t: int, *, eps: float = 1e-5,
-                       support_size: int | None = None) -> Tensor:
-    """Per-task batch norm of ``x`` [N, T*C, H, W] with affine ``weight``/``bias`` [C] (shared) or
-    [T, C]: statistics per task and channel over the N examples (or the first ``support_size``)
-    and the spatial positions.  Equals :func:`batch_norm` on the [T, N, C, H, W] layout."""
-    tc = x.shape[1]
-    w = weight.reshape(tc) if weight.dim() == 2 else weight.repeat(t)
-    b = bias.reshape(tc) if bias.dim() == 2 else bias.repeat(t)
-    if support_size is None:
-        return _BatchNorm.apply(x, w, b, eps)
-    var, mean = torch.var_mean(x[:support_size], dim=(0, 2, 3), correction=0, keepdim=True)
-    a = torch.rsqrt(var + eps) * w.view(1, tc, 1, 1)
-    return torch.addcmul((b.view(1, tc, 1, 1) - mean * a), x, a)
 
 
 def _kaiming_conv(shape: tuple[int, ...], generator, dtype) -> Tensor:

@@ -1,6 +1,6 @@
-"""Conv4 / ResNet-12: the task-batched forward equals a per-task loop, second-order MAML gradients
-through the grouped convolutions and the hand-written batch norm equal the loop's, and the batch
-norm itself passes gradcheck and gradgradcheck."""
+"""Conv4 / ResNet-12: the task-batched forward equals a per-task loop, and second-order MAML
+gradients through the grouped convolutions and the fused batch norm equal the loop's (the batch
+norm on its own: tests/nets/test_batchnorm.py)."""
 
 import pytest
 import torch
@@ -8,7 +8,8 @@ import torch.nn.functional as F
 
 from metareg.errors import ConfigError
 from metareg.nets import conv
-from metareg.nets.conv import batch_norm, conv4, resnet12
+from metareg.nets.batchnorm import batch_norm
+from metareg.nets.conv import conv4, resnet12
 
 D = torch.float64
 
@@ -77,29 +78,6 @@ def test_second_order_maml_gradient_equals_per_task_loop(name, im2col_max, monke
     fast_fo = theta.expand(t, -1) - lr * gr.detach()
     (meta_fo,) = torch.autograd.grad(_ce(net(fast_fo, xq), yq).mean(), theta)
     assert not torch.allclose(meta_fo, meta_batched, rtol=1e-6, atol=1e-9)
-
-
-@pytest.mark.parametrize("batched", [False, True])
-@pytest.mark.parametrize("support_size", [None, 2])
-def test_batch_norm_gradcheck_and_gradgradcheck(batched, support_size):
-    g = torch.Generator().manual_seed(2)
-    x = torch.randn(2, 3, 2, 2, 2, generator=g, dtype=D, requires_grad=True)
-    shape = (2, 2) if batched else (2,)
-    w = (1 + 0.5 * torch.randn(shape, generator=g, dtype=D)).requires_grad_()
-    b = torch.randn(shape, generator=g, dtype=D, requires_grad=True)
-    fn = lambda x, w, b: batch_norm(x, w, b, support_size=support_size)  # noqa: E731
-    assert torch.autograd.gradcheck(fn, (x, w, b))
-    assert torch.autograd.gradgradcheck(fn, (x, w, b))
-
-
-def test_batch_norm_matches_torch_training_mode_per_task():
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(3, 4, 5, 6, 6, generator=g, dtype=D)
-    w, b = torch.randn(5, generator=g, dtype=D), torch.randn(5, generator=g, dtype=D)
-    ours = batch_norm(x, w, b)
-    for i in range(3):
-        ref = F.batch_norm(x[i], None, None, w, b, training=True, eps=1e-5)
-        torch.testing.assert_close(ours[i], ref)
 
 
 def test_conv4_parameter_count_matches_the_published_conv4():
@@ -200,34 +178,6 @@ def test_second_order_maml_gradient_equals_independent_reference(transductive, f
         meta_loop += mi
     assert meta_batched.abs().max() > 1e-6
     torch.testing.assert_close(meta_batched, meta_loop, rtol=1e-9, atol=1e-11)
-
-
-@pytest.mark.parametrize("fmt", ["channels_last", "contiguous_format"])
-def test_fused_batch_norm_gradcheck_to_third_order(fmt):
-    # conv._BatchNorm: fused kernels forward and backward, our own double backward
-    g = torch.Generator().manual_seed(6)
-    mf = getattr(torch, fmt)
-    x = torch.randn(3, 4, 3, 2, generator=g, dtype=D).contiguous(memory_format=mf).requires_grad_()
-    w = (1 + 0.5 * torch.randn(4, generator=g, dtype=D)).requires_grad_()
-    b = torch.randn(4, generator=g, dtype=D, requires_grad=True)
-    def fn(x, w, b):
-        return conv._BatchNorm.apply(x, w, b, 1e-5)
-
-    assert torch.autograd.gradcheck(fn, (x, w, b))
-    assert torch.autograd.gradgradcheck(fn, (x, w, b))
-    gy = torch.randn(3, 4, 3, 2, generator=g, dtype=D, requires_grad=True)
-
-    def first(x, w, b, gy):
-        return torch.autograd.grad(fn(x, w, b), (x, w, b), gy, create_graph=True)
-
-    assert torch.autograd.gradgradcheck(first, (x, w, b, gy))  # third order
-    # and the second derivatives equal F.batch_norm's
-    outs = []
-    for f in (fn, lambda x, w, b: F.batch_norm(x, None, None, w, b, training=True, eps=1e-5)):
-        gx, gw, gb = torch.autograd.grad(f(x, w, b), (x, w, b), gy, create_graph=True)
-        outs.append(torch.autograd.grad((gx**2).sum() + (gw**3).sum() + (gb * gw).sum(), (x, w, gy)))
-    for a, r in zip(*outs):
-        torch.testing.assert_close(a, r, rtol=1e-12, atol=1e-12)
 
 
 def test_task_chunks_equal_one_chunk():
