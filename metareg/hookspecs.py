@@ -45,6 +45,21 @@ def register_backbones(register):
 
 
 @hookspec
+def register_suites(register):
+    """Register named comparison suites (``metareg compare --suite NAME``).
+
+    ``register(name, description, slots, benchmarks=None, sets=None, benchmark_sets=None)``:
+    ``slots`` maps a label (the family the slot stands for) to algorithm names in order of
+    preference, ``"family:F"`` standing for every installed learner of family F; for a benchmark
+    the first installed candidate that runs on it fills the slot, and an empty slot is reported,
+    not an error.  ``benchmarks`` maps a benchmark asked for to the one the suite runs on (e.g.
+    ``sinusoid`` -> ``sinusoid_mtl``, which also has fixed training tasks); ``sets`` are
+    ``ALGO.key`` overrides applied when that algorithm is chosen, ``benchmark_sets`` the same per
+    benchmark run on; the user's ``--set`` wins over both.  ``metareg list --suites`` lists them.
+    """
+
+
+@hookspec
 def register_commands(cli):
     """Add click commands to the ``metareg`` command group ``cli`` (``cli.add_command(cmd)``)."""
 

@@ -17,16 +17,19 @@ def test_compare_meta_and_multitask_side_by_side(tmp_path):
     out = tmp_path / "cmp"
     r = CliRunner().invoke(make_cli(), ["compare", "maml", "hard_sharing", "-b", "sinusoid_mtl", "--steps", "5",
                                         "--set", "eval_tasks=12", "--set", "maml.inner_lr=0.02", "--out", str(out),
-                                        "--json"], catch_exceptions=False)
+                                        "--jobs", "0", "--json"], catch_exceptions=False)
     assert r.exit_code == 0, r.stderr
     data = json.loads(r.stdout)
-    rows = {row["algorithm"]: row for row in data["rows"]}
+    rows = {e["algorithm"]: e for e in data["entries"]}
     assert rows["maml"]["kind"] == "meta" and rows["hard_sharing"]["kind"] == "multitask"
-    for col in ("mse_before", "mse_after_1_step", "mse_after_10_steps"):
-        assert col in data["columns"] and all(isinstance(row[col], float) for row in rows.values())
+    for e in rows.values():
+        new = e["scores"]["10"]["new"]
+        assert set(new) == {"mse_before", "mse_after_1_step", "mse_after_5_steps"}
+        assert all(isinstance(v["mean"], float) for v in new.values())
     assert (out / "compare.csv").exists() and (out / "plots" / "adaptation.png").stat().st_size > 1000
-    assert json.loads((out / "maml" / "config.json").read_text())["algorithm_config"]["inner_lr"] == 0.02
-    assert (out / "hard_sharing" / "summary.json").exists()
+    (maml_dir,) = (out / "runs").glob("maml-seed0-*")
+    assert json.loads((maml_dir / "config.json").read_text())["algorithm_config"]["inner_lr"] == 0.02
+    assert len(list((out / "runs").glob("hard_sharing-seed0-*/summary.json"))) == 1
 
 
 def test_compare_typo_is_an_error_before_training(tmp_path):

@@ -23,15 +23,20 @@ def _manager(ctx: click.Context):
 @click.command("list")
 @click.argument("pattern", required=False)
 @click.option("--kind", type=click.Choice(["meta", "multitask"]), help="only meta-learning or multi-task entries")
+@click.option("--suites", "show_suites", is_flag=True, help="list the comparison suites (`metareg compare --suite NAME`)")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
 @click.pass_context
-def list_cmd(ctx: click.Context, pattern: str | None, kind: str | None, as_json: bool) -> None:
+def list_cmd(ctx: click.Context, pattern: str | None, kind: str | None, show_suites: bool, as_json: bool) -> None:
     """List algorithms (learners and multi-task combiners), benchmarks and backbones.
 
-    PATTERN filters names by glob (``*sgd*``) or substring.
+    PATTERN filters names by glob (``*sgd*``) or substring.  ``--suites``: the named comparison
+    suites instead, with the algorithm each slot picks on each benchmark the suite maps.
     """
     m = _manager(ctx)
     reg = m.registry
+    if show_suites:
+        _list_suites(m, pattern, as_json)
+        return
     algos = reg.list("algorithm", pattern, kind=kind)
     benches = [] if kind else reg.list("benchmark", pattern)
     backbones = [] if kind else reg.list("backbone", pattern)
@@ -68,6 +73,46 @@ def list_cmd(ctx: click.Context, pattern: str | None, kind: str | None, as_json:
                          ["name", "summary", "plugin (package)"], {1: 80}))
     if not (algos or benches or backbones):
         click.echo(f"nothing matches {pattern!r}" if pattern else "nothing is registered: is metareg installed (pip install -e .)?")
+
+
+def _list_suites(m, pattern: str | None, as_json: bool) -> None:
+    import fnmatch
+
+    from ..suites import resolve_suite, suites
+
+    every = {n: s for n, s in suites(m).items()
+             if not pattern or pattern in n or fnmatch.fnmatch(n, pattern)}
+    rows = []
+    for name, s in every.items():
+        picks = {}
+        for asked in sorted(s.benchmarks) or []:
+            try:
+                r = resolve_suite(s, asked, m)
+                picks[asked] = {"benchmark": r.benchmark, "algorithms": list(r.algorithms),
+                                "empty_slots": [label for label, a in r.chosen if a is None]}
+            except Exception as e:  # noqa: BLE001 - a benchmark not installed: say so, list the rest
+                picks[asked] = {"error": str(e)}
+        rows.append({"name": name, "description": s.description, "slots": {k: list(v) for k, v in s.slots},
+                     "benchmarks": dict(s.benchmarks), "sets": dict(s.sets), "plugin": s.plugin, "package": s.package,
+                     "on": picks})
+    if as_json:
+        click.echo(json.dumps({"suites": rows, "plugin_errors": [f.line() for f in m.failures]}, indent=2, default=str))
+        return
+    if not rows:
+        click.echo(f"no suite matches {pattern!r}" if pattern else "no suite is installed.")
+        return
+    click.echo(table([[r["name"], r["description"], f"{r['plugin']} ({r['package']})"] for r in rows],
+                     ["suite", "description", "plugin (package)"], {1: 90}))
+    for r in rows:
+        click.echo(f"\n{r['name']}: slots " + "; ".join(f"{k}: {' > '.join(v)}" for k, v in r["slots"].items()))
+        for asked, p in r["on"].items():
+            if "error" in p:
+                click.echo(f"  -b {asked}: {p['error']}")
+            else:
+                empty = f" (empty: {', '.join(p['empty_slots'])})" if p["empty_slots"] else ""
+                click.echo(f"  -b {asked} -> {p['benchmark']}: {', '.join(p['algorithms'])}{empty}")
+    click.echo("\nmetareg compare --suite NAME -b B; other benchmarks run as asked, each slot taking the first candidate "
+               "that runs on it.")
 
 
 def _fmt_default(v) -> str:
