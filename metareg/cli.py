@@ -99,7 +99,17 @@ def make_cli(manager=None) -> click.Group:
     return cli
 
 
+_ARGV: list[str] = []
+
+
+def invocation_args() -> list[str]:
+    """The arguments this process's command line was given (``metareg run --nproc`` relaunches them)."""
+    return list(_ARGV)
+
+
 def main(argv: list[str] | None = None) -> None:
+    global _ARGV
+    _ARGV = list(sys.argv[1:] if argv is None else argv)
     _install_warning_handler()  # before any plugin loads: every load problem becomes one line
     try:
         cli = make_cli()

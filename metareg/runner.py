@@ -34,6 +34,7 @@ from .overrides import Overrides, config_dict, resolve_sections, saved_overrides
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng
 from .evaluate import evaluate, evaluate_train_tasks, evaluation_generator
+from .distributed import from_env
 from .io import AppendLog, FolderLock, describe_os_error, save_torch, write_json
 from .learners.base import LearnerContext
 from .plugins import PluginManager, get_manager
@@ -258,6 +259,10 @@ class Run:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
+        self.dist = from_env(self.device)
+        if self.dist is not None and "OMP_NUM_THREADS" not in os.environ:
+            # N processes share the cores: N x threads must not exceed them (a descheduled thread stalls every op)
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.dist.world))
         self.dtype = getattr(torch, cfg.dtype)
         self.bench = self.bench_spec.factory(self.bench_config)
         _check_fits(self.bench, self.bench_spec.name)
@@ -280,10 +285,12 @@ class Run:
             cfg_c = self.combiner_config if spec is self.combiner_spec else spec.config()
             return spec.factory(cfg_c, **extra)
 
-        ctx = LearnerContext(task=info, make_backbone=make_backbone,
+        ctx = LearnerContext(task=info, make_backbone=make_backbone, distributed=self.dist,
                              generator=torch.Generator().manual_seed(cfg.seed), device=self.device,
                              dtype=self.dtype, make_combiner=make_combiner)
         self.learner = self.algo_spec.factory(self.algo_config, ctx).to(self.device, self.dtype)
+        if self.dist is not None:
+            self.dist.broadcast_params(self.learner)  # equal by the seed already; made certain
         params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
         self.num_params = sum(p.numel() for p in params)
@@ -304,31 +311,32 @@ class Run:
         exists) and returns a summary whose ``status`` is ``interrupted``; a NaN or Inf stops the
         run with status ``diverged`` (or skips the step: ``on_nonfinite='skip'``).
         """
-        if not resume:
-            self.build()  # every check that building makes (backbone, dataset, sizes) before a folder exists
-        out = self.prepare_output(resume=resume)
+        self.build()  # every check that building makes (backbone, dataset, sizes) before a folder exists
+        writes = self.dist is None or self.dist.is_main  # only rank 0 writes files
+        out = self.prepare_output(resume=resume) if writes else None
         lock = FolderLock(out) if out is not None else None
         try:
-            prev = out / "summary.json" if out is not None else None
+            prev = self.out / "summary.json" if self.out is not None else None
             if resume and prev.is_file() and not prev.is_symlink():
                 try:
                     done = _read_json(prev)
                 except OutputError:  # a torn or foreign summary: the checkpoint decides
                     done = {}
                 if done.get("status") == "completed":
-                    log.info("%s is complete; nothing to resume", out)
-                    return {**done, "out": str(out), "resumed": "already complete"}
+                    log.info("%s is complete; nothing to resume", self.out)
+                    return {**done, "out": str(self.out), "resumed": "already complete"}
             return self._execute(out, progress, resume)
         finally:
             if lock is not None:
                 lock.release()
+            if self.dist is not None:
+                self.dist.close()
 
     def _execute(self, out: Path | None, progress: bool | None, resume: bool) -> dict[str, Any]:
         from tqdm.auto import tqdm
 
-        if resume:
-            self.build()
         cfg = self.config
+        dist = self.dist
         ckpt_path = out / "checkpoint.pt" if out is not None else None
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         generators = {"sampler": gen, "learner": self.learner.context.generator}
@@ -336,17 +344,20 @@ class Run:
                 "stopped_by": "steps", "trained": False}
         metrics_bytes = None
         if resume:
-            state = load_checkpoint(ckpt_path, self.device)
-            check_compatible(state, self.resolved_config(), ckpt_path, __version__)
+            source = self.out / "checkpoint.pt"  # every rank reads it (a folder all ranks can see)
+            state = load_checkpoint(source, self.device)
+            check_compatible(state, self.resolved_config(), source, __version__)
             self.learner.load_state_dict(state["learner"])
             self.optimizer.load_state_dict(state["optimizer"])
-            restore_rng(state["rng"], generators)
+            ranks = state.get("rng_ranks")
+            restore_rng(ranks[dist.rank] if ranks and dist is not None and dist.rank < len(ranks) else state["rng"],
+                        generators)
             loop.update(state["loop"])
             metrics_bytes = int(state["metrics_bytes"])
-            log.info("resuming %s from step %d", out, loop["step"])
+            log.info("resuming %s from step %d", self.out, loop["step"])
         elif out is not None:
             write_json(out / "config.json", self.resolved_config(), what="the run configuration")
-        self.last_checkpoint = (ckpt_path, loop["step"]) if resume else None
+        self.last_checkpoint = (self.out / "checkpoint.pt", loop["step"]) if resume else None
         metrics = AppendLog(out / "metrics.jsonl", truncate_to=metrics_bytes) if out is not None else None
         hook = self.manager.hook
         status = "completed"
@@ -364,9 +375,14 @@ class Run:
                     break
                 ts = time.perf_counter()
                 batch = self.bench.train_batch(gen).to(self.device, self.dtype)
+                if dist is not None:  # every rank drew the same global batch: keep this rank's part
+                    batch = dist.shard(batch, self.learner.kind)
                 loop["sample_time"] += time.perf_counter() - ts
                 self.optimizer.zero_grad(set_to_none=True)
                 m = self.learner.step(batch)
+                if dist is not None:
+                    dist.mean_grads([p for p in self.learner.parameters() if p.requires_grad])
+                    m = dist.mean_metrics(m)
                 if cfg.grad_clip > 0:
                     m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip))
                 bad = self._nonfinite(m)
@@ -390,7 +406,10 @@ class Run:
                     self._log(metrics, {"step": step, "split": "train", **m, "loss_avg": loop["loss_avg"],
                                         "time_s": round(time.perf_counter() - t0, 3)})
                 budget_hit = bool(cfg.time_budget_s) and loop["train_time"] >= cfg.time_budget_s and step != cfg.steps
-                if cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps and not budget_hit:
+                if dist is not None and cfg.time_budget_s:
+                    budget_hit = dist.any(budget_hit)  # rank 0's clock would otherwise stop it alone
+                if (cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps and not budget_hit
+                        and (dist is None or dist.is_main)):
                     val = self.evaluate(cfg.val_tasks, split="val")
                     m = {**m, **val}
                     self._log(metrics, {"step": step, "split": "val", **val})
@@ -399,19 +418,28 @@ class Run:
                 if budget_hit:
                     loop["stopped_by"] = "time_budget"
                     break
-                due = (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or (
-                    cfg.checkpoint_every_s and time.monotonic() - last_save >= cfg.checkpoint_every_s)
-                if (due or self._signal) and out is not None and step != cfg.steps:
+                by_time = bool(cfg.checkpoint_every_s) and time.monotonic() - last_save >= cfg.checkpoint_every_s
+                stop = self._signal is not None
+                if dist is not None:  # the ranks decide together: a checkpoint gathers all of them
+                    by_time, stop = dist.any(by_time), dist.any(stop)
+                due = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or by_time
+                if (due or stop) and self.out is not None and step != cfg.steps:
                     self._checkpoint(ckpt_path, loop, metrics, generators)
                     last_save = time.monotonic()
-                if self._signal:
+                if stop:
+                    self._signal = self._signal or "SIGTERM"  # another rank's signal
                     raise _Interrupted()
             loop["trained"] = True
-            if out is not None:  # training is over: this is the state the evaluation (and a resume) starts from
+            if self.out is not None:  # training is over: this is the state the evaluation (and a resume) starts from
                 self._checkpoint(ckpt_path, loop, metrics, generators)
             self._phase = "evaluate"
             if self._signal:
                 raise _Interrupted()
+            if dist is not None and not dist.is_main:  # rank 0 evaluates and writes; the others are done
+                summary = self._summary(loop, "completed")
+                summary["rank"] = dist.rank
+                self.summary = summary
+                return summary
             summary = self._summary(loop, "completed")
             t_eval = time.perf_counter()
             summary.update(self.evaluate(cfg.eval_tasks))
@@ -527,8 +555,13 @@ class Run:
         if metrics is not None:
             metrics.write(record)
 
-    def _checkpoint(self, path: Path, loop: dict[str, Any], metrics: AppendLog | None,
+    def _checkpoint(self, path: Path | None, loop: dict[str, Any], metrics: AppendLog | None,
                     generators: Mapping[str, torch.Generator]) -> None:
+        """Rank 0 saves; in a multi-process run every rank takes part (its RNG state is gathered)."""
+        rng = capture_rng(generators)
+        ranks = self.dist.gather(rng) if getattr(self, "dist", None) is not None else None
+        if path is None:
+            return
         if metrics is not None:
             metrics.sync()  # the lines the checkpoint counts are on disk before it is
         state = {
@@ -536,7 +569,8 @@ class Run:
             "step": loop["step"],
             "learner": self.learner.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": capture_rng(generators),
+            "rng": rng,
+            **({"rng_ranks": ranks} if ranks is not None else {}),
             "loop": dict(loop),
             "metrics_bytes": metrics.size if metrics is not None else 0,
             "config": self.resolved_config(),

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import datetime as _dt
 import math
+import os
 import secrets
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -33,9 +36,11 @@ __all__ = ["run_cmd"]
 @click.option("--no-save", is_flag=True, help="write no results folder")
 @click.option("--resume", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               help="continue the run saved in DIR from its last checkpoint (same configuration; no other options)")
+@click.option("--nproc", type=click.IntRange(min=1), metavar="N",
+              help="train with N processes (torch.distributed; launches torchrun --standalone on this machine)")
 @click.option("--json", "as_json", is_flag=True, help="print the summary as one JSON object on stdout")
 @click.pass_context
-def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_save, resume, as_json):
+def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_save, resume, nproc, as_json):
     """Train NAME on a benchmark, then evaluate few-shot adaptation on held-out tasks.
 
     \b
@@ -49,6 +54,8 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
     """
     from ..runner import Run
 
+    if nproc and nproc > 1 and "WORLD_SIZE" not in os.environ:
+        ctx.exit(_launch(nproc))
     manager = ctx.obj or get_manager()
     if resume is not None:
         given = [flag for flag, v in (("NAME", name), ("--benchmark", bench), ("--steps", steps), ("--set", sets),
@@ -87,7 +94,26 @@ def run_cmd(ctx, name, bench, steps, sets, config_file, device, seed, out, no_sa
     _finish(ctx, run.execute(progress=None if as_json else True), as_json)
 
 
+def _launch(nproc: int) -> int:
+    """Run this very command under torchrun with ``nproc`` processes on this machine."""
+    from ..cli import invocation_args
+
+    args = list(invocation_args())
+    for i, a in enumerate(args):
+        if a == "--nproc":
+            del args[i: i + 2]
+            break
+        if a.startswith("--nproc="):
+            del args[i]
+            break
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "metareg",
+           *args]
+    return subprocess.run(cmd).returncode
+
+
 def _finish(ctx: click.Context, summary: dict, as_json: bool) -> None:
+    if summary.get("rank", 0) != 0:  # rank 0 reports for the whole run
+        return
     if as_json:
         click.echo(dumps_strict(summary))
     else:

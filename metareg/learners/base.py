@@ -33,6 +33,9 @@ class LearnerContext:
     device: torch.device = torch.device("cpu")
     dtype: torch.dtype = torch.float32
     make_combiner: Callable[[str, dict[str, Any]], Any] | None = None
+    #: the process group of a multi-process run (:class:`metareg.distributed.Distributed`), else None;
+    #: learners whose objective couples the tasks (multi-task combiners) use it, the others need not
+    distributed: Any = None
 
 
 class Learner(nn.Module):

@@ -173,10 +173,17 @@ class MultiTaskLearner(Learner):
     def step(self, batch: TaskBatch) -> dict[str, object]:
         self._steps += 1
         losses, extra, metrics = self.objective(batch)
+        dist = self.context.distributed
+        if dist is not None:
+            # each rank holds part of every task's examples: the combiner sees the global losses
+            # (their value), while the gradient stays this rank's (the runner averages it)
+            losses = dist.global_value(losses)
         c = self.combiner
         every = self.config.conflict_every
         log_conflicts = every > 0 and self._steps % every == 0
         jac = task_jacobian(losses, self.shared) if (c.needs_jacobian or log_conflicts) else None
+        if jac is not None and self.context.distributed is not None:
+            self.context.distributed.mean_(jac)  # the global batch's Jacobian: every rank combines the same
         if c.needs_jacobian:
             update = c.aggregate(jac, losses.detach(), batch.task_ids)
             rest = [p for p in self.parameters() if p.requires_grad and p is not self.shared]
