@@ -43,8 +43,10 @@ class Distributed:
     rank: int
     world: int
     backend: str
-    #: bytes all-reduced so far (gradients, losses, Jacobians), for the communication report
+    #: bytes all-reduced so far (gradients, losses, Jacobians) and the seconds spent in all-reduce,
+    #: for the communication report in the summary
     bytes_reduced: int = 0
+    comm_time: float = 0.0
 
     @property
     def is_main(self) -> bool:
@@ -53,9 +55,13 @@ class Distributed:
     # -- collectives ----------------------------------------------------------------------------------
     def mean_(self, t: torch.Tensor) -> torch.Tensor:
         """All-reduce ``t`` in place to its mean over ranks; returns it."""
+        import time
+
         import torch.distributed as dist
 
+        t0 = time.perf_counter()
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        self.comm_time += time.perf_counter() - t0
         t.div_(self.world)
         self.bytes_reduced += t.numel() * t.element_size()
         return t

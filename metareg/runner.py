@@ -509,6 +509,10 @@ class Run:
         }
         if hasattr(self.bench_config, "transductive"):
             s["transductive"] = self.bench_config.transductive  # part of the protocol: say it
+        if self.dist is not None and done:
+            s["world_size"] = self.dist.world
+            s["allreduce_bytes_per_step"] = round(self.dist.bytes_reduced / done)
+            s["allreduce_ms_per_step"] = round(1000 * self.dist.comm_time / done, 3)
         return s
 
     def _nonfinite(self, m: Mapping[str, Any]) -> str | None:
