@@ -21,6 +21,10 @@ class MatchingNetConfig:
     fce: bool = metareg.param(False, "full-context embeddings (bidirectional LSTM g, attention LSTM f)")
     fce_steps: int = metareg.param(5, "processing steps of the attention LSTM (fce only)", ge=1)
     backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
+    combiner: str = metareg.param("equal", "how the per-episode gradients of a meta-batch are combined: 'equal' (the "
+                                           "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
+    adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
+                                            "reversal (0: off); needs training tasks with ids", ge=0)
 
 
 @metareg.algorithm("matching_net", kind="meta", family="metric",
@@ -58,6 +62,9 @@ class MatchingNet(EmbeddingLearner):
 
     def loss_from_logits(self, logits, y):
         return F.nll_loss(logits.flatten(0, 1), y.flatten())
+
+    def episode_losses(self, logits, y):
+        return F.nll_loss(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape[0], -1).mean(1)
 
 
 @metareg.hookimpl

@@ -21,6 +21,10 @@ class ProtoNetConfig:
     distance: Literal["euclidean", "cosine"] = metareg.param("euclidean", "squared Euclidean (the paper) or cosine")
     cosine_scale: float = metareg.param(10.0, "initial (learned) temperature of the cosine scores", gt=0)
     backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
+    combiner: str = metareg.param("equal", "how the per-episode gradients of a meta-batch are combined: 'equal' (the "
+                                           "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
+    adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
+                                            "reversal (0: off); needs training tasks with ids", ge=0)
 
 
 @metareg.algorithm("protonet", kind="meta", family="metric", summary="nearest class mean (prototype) in embedding space",

@@ -34,6 +34,10 @@ class RelationNetConfig:
         "batch", "normalisation after g_phi's first layer: batch (over each episode's pairs, as the paper's conv blocks), "
                  "layer (each pair alone) or none")
     backbone: str = metareg.param("", "embedding backbone (its layers before the head); empty: the benchmark's default")
+    combiner: str = metareg.param("equal", "how the per-episode gradients of a meta-batch are combined: 'equal' (the "
+                                           "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
+    adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
+                                            "reversal (0: off); needs training tasks with ids", ge=0)
 
 
 @metareg.algorithm("relation_net", kind="meta", family="metric", summary="a learned relation score between query and class",
@@ -65,6 +69,9 @@ class RelationNet(EmbeddingLearner):
 
     def loss_from_logits(self, scores, y):
         return F.mse_loss(scores, one_hot(y, self.ways, scores.dtype))
+
+    def episode_losses(self, scores, y):
+        return F.mse_loss(scores, one_hot(y, self.ways, scores.dtype), reduction="none").flatten(1).mean(1)
 
 
 def _pairs(x, classes):

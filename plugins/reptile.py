@@ -4,6 +4,11 @@ Nichol, Achiam, Schulman. On First-Order Meta-Learning Algorithms. arXiv:1803.02
 Algorithm 2 (batched): W_t = SGD_k(theta, task t) for the T tasks of a meta-batch, then
 theta <- theta + epsilon * mean_t (W_t - theta).  Here the runner's optimizer applies the step:
 ``theta.grad = theta - mean_t W_t`` with SGD at lr epsilon reproduces the paper's update exactly.
+
+With a gradient combiner (``--set combiner=pcgrad``) the per-task displacements theta - W_t are the
+rows [T, P] it aggregates (their mean is the paper's update); loss-weighting combiners have no
+loss to weight here and are refused.  ``adversarial`` adds the task discriminator's gradient (at
+theta) to the step.
 """
 
 import torch
@@ -30,17 +35,37 @@ class ReptileConfig(GradientMetaConfig):
 class Reptile(GradientMetaLearner):
     capabilities = frozenset({"first_order", "fast_weights"})
 
+    def __init__(self, config, context):
+        super().__init__(config, context)
+        mo = self.meta_objective
+        if not (mo.plain or mo.needs_jacobian):
+            raise metareg.errors.IncompatibleError(
+                f"reptile has no loss to weight: combiner '{config.combiner}' weights task losses; use a gradient "
+                "combiner (pcgrad, mgda, ...), which aggregates the per-task displacements theta - W_t.")
+
     def step(self, batch):
         # Reptile trains on all of a task's data: support and query together
         x = torch.cat([batch.support_x, batch.query_x], 1)
         y = torch.cat([batch.support_y, batch.query_y], 1)
         theta = self.theta.detach()
+        mo = self.meta_objective
         with torch.no_grad():
-            before = self.losses(self.predict(theta, x), y).mean().item()
+            before_t = self.losses(self.predict(theta, x), y)
+            before = before_t.mean().item()
         with torch.enable_grad():
             fast, _ = self.inner_loop(theta, x, y, self.config.inner_steps, create_graph=False)
-        self.theta.grad = theta - fast.detach().mean(0)
-        return {"loss": before}
+        out = {}
+        if mo.needs_jacobian:
+            self.theta.grad, out = mo.aggregate(theta - fast.detach(), before_t, batch.task_ids)
+        else:
+            self.theta.grad = theta - fast.detach().mean(0)
+        if mo.adversarial:
+            s = batch.support_x.shape[1]
+            feats = self.net.forward(self.theta[: self.net.head_offset], x, 0, self.net.head_from, support_size=s)
+            extra, adv = mo.adversarial_loss(feats, batch.task_ids)
+            extra.backward()  # adds to theta.grad and fills the discriminator's
+            out.update(adv)
+        return {"loss": before, **out}
 
 
 @metareg.hookimpl

@@ -9,6 +9,11 @@ loop), and every inner update is one call of :meth:`inner_update`, whose default
 Subclasses choose what is adapted (``adapt_from_layer``: 0 = the whole network, ANIL = the head),
 the inner learning rate (:meth:`inner_lr`, Meta-SGD learns it) and how the meta-gradient is formed
 (:meth:`step`, Reptile overrides it).
+
+The T tasks of a meta-batch can be treated as a multi-task problem (``combiner``: per-task
+meta-gradients [T, P] aggregated by PCGrad, MGDA, ...; ``adversarial``: a task discriminator on the
+encoder behind gradient reversal); see :mod:`metareg.learners.meta_batch`.  With the defaults the
+step is the plain meta-gradient of the mean query loss, computed as before.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .. import ops
 from ..config import config, param
 from ..tasks.base import TaskBatch
 from .base import Learner, LearnerContext
+from .meta_batch import MetaBatchObjective
 
 __all__ = ["GradientMetaLearner", "GradientMetaConfig"]
 
@@ -34,6 +40,11 @@ class GradientMetaConfig:
                                 "graph: memory grows with it)", ge=1, le=10_000)
     first_order: bool = param(False, "drop second-order terms (first-order MAML)")
     backbone: str = param("", "backbone name (see `metareg list`); empty: the benchmark's default")
+    combiner: str = param("equal", "how the per-task meta-gradients of a meta-batch are combined: 'equal' (their mean, "
+                                   "the plain meta-gradient) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, "
+                                   "nash_mtl, gradvac, gradnorm ...; options as combiner.KEY=VALUE)")
+    adversarial: float = param(0.0, "weight of a task discriminator on the encoder's features trained through "
+                                    "gradient reversal (0: off); needs training tasks with ids", ge=0)
 
 
 class GradientMetaLearner(Learner):
@@ -47,6 +58,13 @@ class GradientMetaLearner(Learner):
         self.net = context.make_backbone(config.backbone or None)
         self.theta = nn.Parameter(self.net.init_flat(context.generator, dtype=context.dtype).to(context.device))
         self.split = self.net.offset(self.adapt_from_layer)
+        feature_dim = None
+        if getattr(config, "adversarial", 0.0) > 0:
+            with torch.no_grad():
+                probe = torch.zeros(1, 2, *context.task.input_shape, dtype=context.dtype, device=context.device)
+                feature_dim = self.net.forward(self.theta[: self.net.head_offset], probe, 0, self.net.head_from,
+                                               support_size=2).flatten(2).shape[-1]
+        self.meta_objective = MetaBatchObjective(config, context, feature_dim)
 
     @functools.cached_property
     def _vjp(self) -> bool:
@@ -64,15 +82,16 @@ class GradientMetaLearner(Learner):
 
     # -- network pieces ----------------------------------------------------------------------
     def _adapted(self, theta: Tensor) -> Tensor:
+        """The adapted part of theta [P] (or of per-task rows [T, P])."""
         # a full-range slice would still put a SliceBackward (zeros + copy of [P]) on the graph
-        return theta if self.split == 0 else theta[self.split:]
+        return theta if self.split == 0 else theta[..., self.split:]
 
     def features(self, theta: Tensor, support_x: Tensor, query_x: Tensor) -> tuple[Tensor, Tensor]:
         """The part of the network that is not adapted (shared by all tasks), on the support and
-        query inputs; identity for MAML."""
+        query inputs; identity for MAML.  ``theta`` [P], or per-task rows [T, P]."""
         if self.adapt_from_layer == 0:
             return support_x, query_x
-        body = theta[: self.split]
+        body = theta[..., : self.split]
         s = support_x.shape[1]
         feats_s = self.net.forward(body, support_x, 0, self.adapt_from_layer, support_size=s)
         if self.net.transductive:
@@ -136,15 +155,35 @@ class GradientMetaLearner(Learner):
         return fast, kept
 
     # -- training and evaluation -------------------------------------------------------------
+    def encoder_features(self, theta: Tensor, batch: TaskBatch, feats_s: Tensor, feats_q: Tensor) -> Tensor:
+        """Features [T, S+Q, F] of the layers before the head (the encoder) at the meta-parameters
+        ``theta`` [P] on every support and query example (what the task discriminator reads):
+        the shared body's features when the body is the encoder (ANIL), else one more forward."""
+        if self.adapt_from_layer == self.net.head_from:
+            return torch.cat([feats_s, feats_q], 1)
+        s = batch.support_x.shape[1]
+        x = torch.cat([batch.support_x, batch.query_x], 1)
+        return self.net.forward(theta[..., : self.net.head_offset], x, 0, self.net.head_from, support_size=s)
+
     def step(self, batch: TaskBatch) -> dict[str, float]:
-        theta = self.theta
+        mb = self.meta_objective
+        # per-task meta-gradients: the meta-batch runs from T copies of theta (one backward gives
+        # row t = dL_t/dtheta); otherwise from theta itself, as the plain meta-gradient always did
+        rows = mb.task_rows(self.theta, batch.num_tasks) if mb.needs_jacobian else None
+        theta = self.theta if rows is None else rows
         feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
         fast, _ = self.inner_loop(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
                              create_graph=not self.config.first_order)
         query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
-        meta_loss = query_losses.mean()
-        meta_loss.backward()
-        return {"loss": meta_loss.item()}
+        extra, out = None, {}
+        if mb.adversarial:
+            extra, out = mb.adversarial_loss(self.encoder_features(theta, batch, feats_s, feats_q), batch.task_ids)
+        if rows is not None:
+            out.update(mb.backward(self.theta, rows, query_losses, self.parameters(), extra, batch.task_ids))
+            return {"loss": query_losses.detach().mean().item(), **out}
+        meta_loss = mb.loss(query_losses, batch.task_ids)
+        (meta_loss if extra is None else meta_loss + extra).backward()
+        return {"loss": meta_loss.item() if mb.plain else query_losses.detach().mean().item(), **out}
 
     def adapt_predict(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
         with torch.enable_grad():

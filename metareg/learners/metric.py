@@ -5,6 +5,12 @@ flat parameter vector ``theta`` shared by all tasks) and the episode plumbing; a
 says how query embeddings [T, Q, F] are scored against support embeddings [T, S, F] and labels
 [T, S] (:meth:`EmbeddingLearner.logits`).  Adaptation to a new task is the comparison itself, so
 these learners have no adaptation steps: evaluation reports one plain metric (``accuracy``).
+
+A config with ``combiner`` and ``adversarial`` fields makes the episodes of a meta-batch a
+multi-task problem (:mod:`metareg.learners.meta_batch`): a gradient combiner aggregates the
+per-episode gradients [T, P] of the embedding ``theta`` (one backward through an embedding batched
+with per-episode copies of theta), and a task discriminator behind gradient reversal reads the
+embeddings.  With the defaults the step is the plain mean loss, computed as before.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from torch import Tensor, nn
 from ..errors import IncompatibleError
 from ..tasks.base import TaskBatch
 from .base import Learner, LearnerContext
+from .meta_batch import MetaBatchObjective
 
 __all__ = ["EmbeddingLearner", "class_means", "one_hot"]
 
@@ -54,11 +61,14 @@ class EmbeddingLearner(Learner):
         with torch.no_grad():
             probe = torch.zeros(1, 2, *context.task.input_shape, dtype=context.dtype, device=context.device)
             self.feature_dim = self.embed(probe, support_size=2).shape[-1]
+        self.meta_objective = MetaBatchObjective(config, context, self.feature_dim)
 
-    def embed(self, x: Tensor, support_size: int | None = None) -> Tensor:
+    def embed(self, x: Tensor, support_size: int | None = None, theta: Tensor | None = None) -> Tensor:
         """x [T, N, *in] -> [T, N, F] with the shared embedding network (the first
-        ``support_size`` examples are the support set, for non-transductive normalisation)."""
-        return self.net.forward(self.theta, x, 0, self.net.head_from, support_size=support_size).flatten(2)
+        ``support_size`` examples are the support set, for non-transductive normalisation);
+        ``theta``: other embedding parameters, [P] or per-task [T, P] (default: the learner's)."""
+        theta = self.theta if theta is None else theta
+        return self.net.forward(theta, x, 0, self.net.head_from, support_size=support_size).flatten(2)
 
     def logits(self, query: Tensor, support: Tensor, labels: Tensor) -> Tensor:
         """Scores [T, Q, N] of each query embedding for each class; log-probabilities or logits."""
@@ -67,20 +77,44 @@ class EmbeddingLearner(Learner):
     def loss_from_logits(self, logits: Tensor, y: Tensor) -> Tensor:
         return F.cross_entropy(logits.flatten(0, 1), y.flatten())
 
-    def _episode(self, batch: TaskBatch) -> Tensor:
+    def episode_losses(self, logits: Tensor, y: Tensor) -> Tensor:
+        """Per-episode losses [T] (their mean is :meth:`loss_from_logits` when every episode has
+        the same number of queries).  A subclass that overrides :meth:`loss_from_logits` should
+        override this too; until it does, its loss is taken one episode at a time."""
+        if type(self).loss_from_logits is EmbeddingLearner.loss_from_logits:
+            t = y.shape[0]
+            return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(t, -1).mean(1)
+        return torch.stack([self.loss_from_logits(logits[i: i + 1], y[i: i + 1]) for i in range(y.shape[0])])
+
+    def _episode(self, batch: TaskBatch, theta: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """(logits [T, Q, N], embeddings [T, S+Q, F]) of an episode batch."""
         s = batch.support_x.shape[1]
         # one forward over support and query together: fewer launches, same statistics per task
-        emb = self.embed(torch.cat([batch.support_x, batch.query_x], 1), support_size=s)
-        return self.logits(emb[:, s:], emb[:, :s], batch.support_y)
+        emb = self.embed(torch.cat([batch.support_x, batch.query_x], 1), support_size=s, theta=theta)
+        return self.logits(emb[:, s:], emb[:, :s], batch.support_y), emb
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
-        logits = self._episode(batch)
-        loss = self.loss_from_logits(logits, batch.query_y)
-        loss.backward()
+        mo = self.meta_objective
+        rows = mo.task_rows(self.theta, batch.num_tasks) if mo.needs_jacobian else None
+        logits, emb = self._episode(batch, rows)
+        extra, out = None, {}
+        if mo.adversarial:
+            extra, out = mo.adversarial_loss(emb, batch.task_ids)
+        if rows is not None:
+            losses = self.episode_losses(logits, batch.query_y)
+            out.update(mo.backward(self.theta, rows, losses, self.parameters(), extra, batch.task_ids))
+            loss = losses.detach().mean()
+        elif mo.plain:
+            loss = self.loss_from_logits(logits, batch.query_y)
+            (loss if extra is None else loss + extra).backward()
+        else:
+            losses = self.episode_losses(logits, batch.query_y)
+            (mo.loss(losses, batch.task_ids) if extra is None else mo.loss(losses, batch.task_ids) + extra).backward()
+            loss = losses.detach().mean()
         acc = (logits.argmax(-1) == batch.query_y).float().mean().item()
-        return {"loss": loss.item(), "accuracy": acc}
+        return {"loss": loss.item(), "accuracy": acc, **out}
 
     @torch.no_grad()
     def adapt_predict(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
-        logits = self._episode(batch)
+        logits, _ = self._episode(batch)
         return {k: logits for k in steps}
