@@ -12,12 +12,13 @@ Meta-SGD with a learned rate) and traceable by ``torch.compile(fullgraph=True)``
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import torch
 from torch import Tensor
 
-from ..errors import ShapeError
+from ..errors import ConfigError, ShapeError
 from . import _reference
 from ._registration import DISABLE_ENV, extension, has_kernel, load_reason
 from ._table import OPS, SPECS
@@ -88,6 +89,25 @@ def _check_cosine(a: Tensor, b: Tensor) -> None:
                          f"{_shape(b)}).")
 
 
+def _check_eps(op: str, eps: float, dtype: torch.dtype) -> None:
+    """eps clamps row norms from below: a positive number the dtype can hold as a normal float."""
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+        raise ConfigError(f"metareg.ops.{op}: eps must be a positive number, got {type(eps).__name__} {eps!r}.")
+    tiny = torch.finfo(dtype).tiny if dtype.is_floating_point else 0.0
+    if not math.isfinite(eps) or eps < tiny or eps <= 0:
+        raise ConfigError(f"metareg.ops.{op}: eps must be finite and at least {tiny:.3g} (the smallest normal "
+                          f"{dtype}), got {eps!r}.")
+
+
+def _check_lr(lr: object) -> None:
+    if isinstance(lr, Tensor):
+        return
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)):
+        raise ConfigError(f"metareg.ops.task_step: lr must be a number or a tensor, got {type(lr).__name__} {lr!r}.")
+    if not math.isfinite(lr):
+        raise ConfigError(f"metareg.ops.task_step: lr must be finite, got {lr!r}.")
+
+
 def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
     """Cosine similarity of every row of ``a`` with every row of ``b``.
 
@@ -101,6 +121,7 @@ def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Te
     if b is None:
         b = a
     _check_cosine(a, b)
+    _check_eps("pairwise_cosine", eps, a.dtype)
     if _compiled("pairwise_cosine", a):
         return _ops.pairwise_cosine.default(a, b, eps)
     _fallback("pairwise_cosine", a)
@@ -118,6 +139,7 @@ def pairwise_cosine_norms(a: Tensor, eps: float = 1e-8) -> tuple[Tensor, Tensor]
     op is forward-only) it is ``pairwise_cosine(a)`` plus one ``torch.linalg.vector_norm``.
     """
     _check_cosine(a, a)
+    _check_eps("pairwise_cosine_norms", eps, a.dtype)
     if _compiled("pairwise_cosine_norms", a) and not (a.requires_grad and torch.is_grad_enabled()):
         return _ops.pairwise_cosine_norms.default(a, eps)
     # norms accumulated in float64 (float32 squares overflow above |x| ~ 1e19), as the kernel does
@@ -185,6 +207,9 @@ def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
     Backward: d params = grad (summed over tasks when params is [P]), d grads = -lr * grad,
     d lr = -grad * grads summed to lr's shape; differentiable again (second-order MAML).
     """
+    _check_lr(lr)
+    if params.device != grads.device:  # the kernel would run on one of them (a meta tensor beside a real one)
+        _check_step(params, grads, lr)
     single = grads.dim() == 1 and params.dim() == 1
     if single:
         grads = grads.unsqueeze(0)
