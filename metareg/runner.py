@@ -70,6 +70,8 @@ class RunConfig:
                                        "from the last one", ge=0)
     checkpoint_every_s: float = param(60.0, "also checkpoint when this many seconds passed since the last one (0: not by time)",
                                       ge=0)
+    threads: int = param(0, "intra-op CPU threads (0: chosen per workload: one for small per-op work, every core for "
+                            "large convolutions; OMP_NUM_THREADS, if set, is respected)", ge=0, le=1024)
     on_nonfinite: Literal["stop", "skip"] = param(
         "stop", "a NaN or Inf in the loss or gradients: 'stop' the run (status 'diverged', the last good checkpoint "
         "kept) or 'skip' that step (counted in nonfinite_skipped_steps); non-finite parameters always stop it")
@@ -260,12 +262,12 @@ class Run:
         torch.manual_seed(cfg.seed)
         self.device = torch.device(cfg.device)
         self.dist = from_env(self.device)
-        if self.dist is not None and "OMP_NUM_THREADS" not in os.environ:
-            # N processes share the cores: N x threads must not exceed them (a descheduled thread stalls every op)
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // self.dist.world))
         self.dtype = getattr(torch, cfg.dtype)
         self.bench = self.bench_spec.factory(self.bench_config)
         _check_fits(self.bench, self.bench_spec.name)
+        self.threads, self.threads_reason = choose_threads(cfg.threads, self.bench, self.device,
+                                                            self.dist.world if self.dist is not None else 1)
+        torch.set_num_threads(self.threads)
         reg = self.manager.registry
         info = self.bench.info
 
@@ -311,6 +313,7 @@ class Run:
         exists) and returns a summary whose ``status`` is ``interrupted``; a NaN or Inf stops the
         run with status ``diverged`` (or skips the step: ``on_nonfinite='skip'``).
         """
+        threads_before = torch.get_num_threads()
         self.build()  # every check that building makes (backbone, dataset, sizes) before a folder exists
         writes = self.dist is None or self.dist.is_main  # only rank 0 writes files
         out = self.prepare_output(resume=resume) if writes else None
@@ -331,6 +334,7 @@ class Run:
                 lock.release()
             if self.dist is not None:
                 self.dist.close()
+            torch.set_num_threads(threads_before)  # the caller's process keeps its own setting
 
     def _execute(self, out: Path | None, progress: bool | None, resume: bool) -> dict[str, Any]:
         from tqdm.auto import tqdm
@@ -498,6 +502,7 @@ class Run:
             "seed": cfg.seed,
             "device": str(self.device),
             "threads": torch.get_num_threads(),
+            "threads_reason": getattr(self, "threads_reason", ""),
             "num_params": self.num_params,
             "train_time_s": round(train_time, 3),
             "steps_per_s": round(done / train_time, 2) if train_time > 0 else None,
@@ -587,6 +592,36 @@ class Run:
         loop = {"step": step, "train_time": 0.0, "sample_time": 0.0, "loss_avg": float("nan"), "skipped": 0,
                 "stopped_by": "steps", "trained": True}
         self._checkpoint(Path(path), loop, None, {"learner": self.learner.context.generator})
+
+
+#: inputs per training step (elements) above which the convolutions' work per op outweighs the
+#: cost of a parallel region waiting for a descheduled thread on a busy machine
+PARALLEL_WORK = 200_000
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def choose_threads(asked: int, bench: Any, device: torch.device, world: int = 1) -> tuple[int, str]:
+    """Intra-op threads for a run.  Every small op opens a parallel region that waits for its
+    slowest thread; on a busy machine that thread is often descheduled, so small per-op work runs
+    single-threaded and only large image batches use the cores (shared among ``world`` processes)."""
+    cores = max(1, _cores() // world)
+    if asked:
+        return asked, "run.threads"
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads(), "OMP_NUM_THREADS"
+    if device.type != "cpu":
+        return cores, "GPU run: CPU threads only feed it"
+    info = bench.info
+    size = bench.batch_bytes()
+    if len(info.input_shape) >= 3 and size is not None and size // 4 >= PARALLEL_WORK:
+        return cores, f"image batches of {size // 4:,} inputs: convolutions use the {cores} cores"
+    return 1, "small per-op work: one thread (a parallel region waits for a descheduled thread on a busy machine)"
 
 
 def _physical_memory() -> int | None:
