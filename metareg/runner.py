@@ -17,7 +17,6 @@ import inspect
 import json
 import logging
 import math
-import os
 import signal
 import tempfile
 import time
@@ -35,6 +34,7 @@ from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .checkpoint import capture_rng, check_compatible, load_checkpoint, restore_rng
 from .evaluate import evaluate, evaluate_train_tasks, evaluation_generator
 from .distributed import from_env
+from .machine import check_fits, choose_threads, peak_memory_mb
 from .io import AppendLog, FolderLock, describe_os_error, save_torch, write_json
 from .learners.base import LearnerContext
 from .plugins import PluginManager, get_manager
@@ -264,7 +264,7 @@ class Run:
         self.dist = from_env(self.device)
         self.dtype = getattr(torch, cfg.dtype)
         self.bench = self.bench_spec.factory(self.bench_config)
-        _check_fits(self.bench, self.bench_spec.name)
+        check_fits(self.bench, self.bench_spec.name)
         self.threads, self.threads_reason = choose_threads(cfg.threads, self.bench, self.device,
                                                             self.dist.world if self.dist is not None else 1)
         torch.set_num_threads(self.threads)
@@ -476,7 +476,7 @@ class Run:
             restore()
         if status == "interrupted":
             summary["interrupted_by"] = self._signal
-        summary["peak_memory_mb"] = _peak_memory_mb(self.device)
+        summary["peak_memory_mb"] = peak_memory_mb(self.device)
         summary["finished_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
         if out is not None:
             if metrics is not None:
@@ -594,52 +594,6 @@ class Run:
         self._checkpoint(Path(path), loop, None, {"learner": self.learner.context.generator})
 
 
-#: inputs per training step (elements) above which the convolutions' work per op outweighs the
-#: cost of a parallel region waiting for a descheduled thread on a busy machine
-PARALLEL_WORK = 200_000
-
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def choose_threads(asked: int, bench: Any, device: torch.device, world: int = 1) -> tuple[int, str]:
-    """Intra-op threads for a run.  Every small op opens a parallel region that waits for its
-    slowest thread; on a busy machine that thread is often descheduled, so small per-op work runs
-    single-threaded and only large image batches use the cores (shared among ``world`` processes)."""
-    cores = max(1, _cores() // world)
-    if asked:
-        return asked, "run.threads"
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads(), "OMP_NUM_THREADS"
-    if device.type != "cpu":
-        return cores, "GPU run: CPU threads only feed it"
-    info = bench.info
-    size = bench.batch_bytes()
-    if len(info.input_shape) >= 3 and size is not None and size // 4 >= PARALLEL_WORK:
-        return cores, f"image batches of {size // 4:,} inputs: convolutions use the {cores} cores"
-    return 1, "small per-op work: one thread (a parallel region waits for a descheduled thread on a busy machine)"
-
-
-def _physical_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_fits(bench: Any, name: str) -> None:
-    """Refuse batch sizes whose inputs alone exceed this machine's memory (the network's
-    activations need several times more), before anything is allocated."""
-    need, have = bench.batch_bytes(), _physical_memory()
-    if need is not None and have is not None and need > have // 2:
-        raise ConfigError(f"benchmark {name}: one batch of these sizes holds {need / 2**30:.1f} GiB of inputs alone, "
-                          f"more than half this machine's {have / 2**30:.1f} GiB; lower meta_batch, ways, shots or query.")
-
-
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
     # per-tensor isfinite, one sync: a norm would overflow on large but finite values
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
@@ -654,18 +608,6 @@ def make_optimizer(name: str, params: list[torch.Tensor], lr: float) -> torch.op
         return cls(params, lr=lr, fused=True)
     except (RuntimeError, TypeError, ValueError):
         return cls(params, lr=lr, foreach=True)
-
-
-def _peak_memory_mb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    try:
-        import resource
-
-        return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
-    except Exception:  # noqa: BLE001
-        return float("nan")
-
 
 
 #: what `metareg eval` may change about a saved run without invalidating its checkpoint
