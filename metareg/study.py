@@ -15,8 +15,9 @@ then evaluated at every shot count K asked for, without retraining: the benchmar
   reported as not scorable there.
 
 Runs are folders ``OUT/runs/ALGO-seedS-KEY`` where KEY hashes the resolved configuration and
-metareg's version: a folder with a completed ``summary.json`` is reused, a partial one is redone,
-so an interrupted comparison resumes where it stopped and adding an algorithm reruns nothing else.
+metareg's version: a folder with a finished ``summary.json`` is reused, a partial one continues from
+its last checkpoint (the runner's resume) or, without one, is redone; so an interrupted comparison
+resumes where it stopped and adding an algorithm reruns nothing else.
 Evaluations are files ``OUT/evals/ALGO-seedS-KEY/shots-K.json`` (adding a K reuses the training).
 Each run is a separate process (``python -m metareg.study SPEC``) so its peak memory is its own,
 ``jobs`` of them at a time with ``cores // jobs`` threads each.
@@ -239,11 +240,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
+#: a run that ended in one of these is not run again (a diverged run would diverge again)
+FINAL_STATUSES = ("completed", "diverged")
+
+
 def training_done(run_dir: Path, key: str) -> dict[str, Any] | None:
-    """The summary of a completed run with this key in ``run_dir``, else None."""
+    """The summary of a finished run (completed, or diverged) with this key in ``run_dir``, else None."""
     summary = _read_json(run_dir / "summary.json")
     saved = _read_json(run_dir / "config.json")
-    if not summary or not saved or summary.get("status") != "completed" or not (run_dir / "checkpoint.pt").is_file():
+    if not summary or not saved or summary.get("status") not in FINAL_STATUSES:
+        return None
+    if summary["status"] == "completed" and not (run_dir / "checkpoint.pt").is_file():
         return None
     return summary if run_key(saved) == key else None
 
@@ -253,9 +260,10 @@ def _eval_path(eval_dir: Path, shots: int) -> Path:
 
 
 def is_complete(p: PlannedRun, out: Path, shots: Sequence[int]) -> bool:
-    if training_done(p.run_dir(out), p.key) is None:
+    summary = training_done(p.run_dir(out), p.key)
+    if summary is None:
         return False
-    return all((_read_json(_eval_path(p.eval_dir(out), k)) or {}).get("key") == p.key for k in shots)
+    return summary["status"] != "completed" or all((_read_json(_eval_path(p.eval_dir(out), k)) or {}).get("key") == p.key for k in shots)
 
 
 def run_one(spec: Mapping[str, Any], manager=None) -> dict[str, Any]:
@@ -268,16 +276,17 @@ def run_one(spec: Mapping[str, Any], manager=None) -> dict[str, Any]:
         raise MetaregError(f"{spec['algorithm']} seed {spec['layers'][-1]}: the configuration resolves differently "
                            "in the worker than in the comparison (a plugin changed while it ran?); run it again.")
     summary = training_done(run_dir, key)
+    if summary is not None and summary["status"] != "completed":
+        return {"status": summary["status"], "trained": False}
     trained = summary is None
     if trained:
         saved = _read_json(run_dir / "config.json")
-        if _runner_resumes() and saved and run_key(saved) == key and (run_dir / "checkpoint.pt").is_file():
-            # the runner continues from the last checkpoint (interrupted or killed runs)
-            run = Run(spec["algorithm"], spec["benchmark"], Overrides(*spec["layers"]), out=run_dir,
-                      manager=manager, resume=True)
-        elif run_dir.exists():  # a partial run (killed, interrupted, failed) the runner cannot resume: redone
+        resume = (_runner_resumes() and saved is not None and run_key(saved) == key
+                  and (run_dir / "checkpoint.pt").is_file())
+        if not resume and run_dir.exists():  # a partial run without a checkpoint to continue from: redone
             shutil.rmtree(run_dir)
-        summary = run.execute(progress=False)
+        # a killed or interrupted run continues from its last checkpoint (the runner checks it agrees)
+        summary = run.execute(progress=False, resume=True) if resume else run.execute(progress=False)
         if summary.get("status") != "completed":
             return {"status": summary.get("status", "failed"), "trained": True}
     base = run if trained else load_run(run_dir, manager=manager)
@@ -300,7 +309,7 @@ def _runner_resumes() -> bool:
 
     from .runner import Run
 
-    return "resume" in inspect.signature(Run.__init__).parameters
+    return "resume" in inspect.signature(Run.execute).parameters
 
 
 # -- running the plan -----------------------------------------------------------------------------------------
@@ -424,8 +433,8 @@ def execute(planned: Sequence[PlannedRun], out: Path, benchmark: str, shots: Seq
                 del procs[pid]
                 state["running"].pop(p.label(), None)
                 dt = time.time() - t0
-                if rc == 0 and is_complete(p, out, shots):
-                    o = Outcome(p, "completed", dt)
+                if is_complete(p, out, shots):  # completed (or diverged: final too, and said)
+                    o = Outcome(p, (training_done(p.run_dir(out), p.key) or {}).get("status", "completed"), dt)
                     state["durations"].append(dt)
                 else:
                     o = Outcome(p, "failed", dt, f"exit status {rc}; {_tail(log_path)} (log: {log_path})")

@@ -58,9 +58,11 @@ class _Progress:
         if kind == "end":
             self.bar.update(1)
             if obj.status != "reused" and not self.quiet:
-                msg = f"{obj.status}: {obj.run.label()} ({_fmt_s(obj.seconds)})"
+                msg = f"[{state['done']}/{state['total']}] {obj.status}: {obj.run.label()} ({_fmt_s(obj.seconds)})"
                 if obj.message:
                     msg += f": {obj.message}"
+                elif state["done"] < state["total"]:
+                    msg += f"; {self.left(state)}"
                 self.bar.write(msg, file=sys.stderr)
         now = time.time()
         going = ", ".join(f"{name} {_fmt_s(now - t0)}" for name, t0 in state["running"].items())
