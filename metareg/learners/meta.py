@@ -45,6 +45,9 @@ class GradientMetaConfig:
                                    "nash_mtl, gradvac, gradnorm ...; options as combiner.KEY=VALUE)")
     adversarial: float = param(0.0, "weight of a task discriminator on the encoder's features trained through "
                                     "gradient reversal (0: off); needs training tasks with ids", ge=0)
+    recompute: bool = param(False, "second order: keep only each inner step's fast weights [T, P] and recompute the "
+                                   "step's graph in the backward pass (peak memory flat in inner_steps, the same "
+                                   "meta-gradient, about one more support forward and gradient per step)")
 
 
 class GradientMetaLearner(Learner):
@@ -140,7 +143,13 @@ class GradientMetaLearner(Learner):
         lr = self.inner_lr() if lr is None else lr
         t = feats.shape[0]
         kept: dict[int, Tensor] = {}
+        recompute = create_graph and getattr(self.config, "recompute", False) and torch.is_grad_enabled()
         for k in range(1, steps + 1):
+            if recompute:
+                fast = _RecomputedStep.apply(self, fast, feats, y, lr if isinstance(lr, Tensor) else None, lr)
+                if k in keep:
+                    kept[k] = fast
+                continue
             # the VJP path takes the shared start [P_a] as it is; autograd needs one row per task
             p = fast if fast.dim() == 2 or self._vjp else fast.expand(t, -1)
             if not p.requires_grad and not self._vjp:  # autograd.grad needs a graph to start from
@@ -203,3 +212,54 @@ class GradientMetaLearner(Learner):
 
 def _detached(lr: float | Tensor) -> float | Tensor:
     return lr.detach() if isinstance(lr, Tensor) else lr
+
+
+def _inner_step(learner: GradientMetaLearner, fast: Tensor, feats: Tensor, y: Tensor, lr: float | Tensor,
+                create_graph: bool) -> Tensor:
+    """One step of :meth:`GradientMetaLearner.inner_loop` (the same pieces: support_grad, inner_update)."""
+    p = fast if fast.dim() == 2 or learner._vjp else fast.expand(feats.shape[0], -1)
+    if not p.requires_grad and not learner._vjp:
+        p = p.detach().requires_grad_()
+        fast = p
+    return learner.inner_update(fast, learner.support_grad(p, feats, y, create_graph), lr)
+
+
+class _RecomputedStep(torch.autograd.Function):
+    """One second-order inner step whose graph is not kept (``recompute``).
+
+    Forward: the step without a graph; only its inputs (fast weights [P_a] or [T, P_a], the
+    shared features, labels, a learned rate) are saved.  Backward: the step is run again with
+    ``create_graph`` (support forward, its gradient, the update) and differentiated at once, so
+    the backward of a K-step inner loop holds one step's graph at a time instead of K.  The
+    numbers are those of the stored path: the same ops on the same inputs.
+
+    Why not ``torch.utils.checkpoint``: the step calls ``autograd.grad`` inside, which unpacks the
+    checkpointed saved tensors during the forward itself and so recomputes every step twice there
+    (three support passes per step instead of two).  The backward is not itself differentiable
+    (no third order).
+    """
+
+    @staticmethod
+    def forward(ctx, learner, fast, feats, y, lr_t, lr):
+        ctx.learner, ctx.lr = learner, lr
+        ctx.save_for_backward(fast, feats, y, lr_t)
+        with torch.enable_grad():  # the autograd path needs a (throw-away) graph for the gradient
+            out = _inner_step(learner, fast.detach(), feats.detach(), y, lr if lr_t is None else lr_t.detach(), False)
+        return out.detach()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out):
+        fast, feats, y, lr_t = ctx.saved_tensors
+        need = ctx.needs_input_grad
+        with torch.enable_grad():
+            fast = fast.detach().requires_grad_()
+            feats = feats.detach().requires_grad_(need[2])
+            lr = ctx.lr if lr_t is None else lr_t.detach().requires_grad_(need[4])
+            out = _inner_step(ctx.learner, fast, feats, y, lr, True)
+            wanted = [(i, x) for i, x in ((1, fast), (2, feats), (4, lr)) if need[i]]
+            grads = torch.autograd.grad(out, [x for _, x in wanted], grad_out, allow_unused=True)
+        result: list[Tensor | None] = [None] * 6
+        for (i, _), g in zip(wanted, grads):
+            result[i] = g
+        return tuple(result)
