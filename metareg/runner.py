@@ -70,6 +70,8 @@ class RunConfig:
                                        "from the last one", ge=0)
     checkpoint_every_s: float = param(60.0, "also checkpoint when this many seconds passed since the last one (0: not by time)",
                                       ge=0)
+    track: str = param("", "experiment trackers fed by the run-observer hooks, comma-separated: tensorboard, csv "
+                           "(plugins may add more; empty: none, or $METAREG_TRACK)")
     threads: int = param(0, "intra-op CPU threads (0: chosen per workload: one for small per-op work, every core for "
                             "large convolutions; OMP_NUM_THREADS, if set, is respected)", ge=0, le=1024)
     on_nonfinite: Literal["stop", "skip"] = param(

@@ -39,7 +39,7 @@ def selected(run) -> tuple[str, ...]:
     """The trackers a run asked for: the run option ``track`` where the runner has it, else
     ``$METAREG_TRACK``; unknown names are a ConfigError naming the valid ones."""
     raw = getattr(run.config, "track", None)
-    if raw is None:
+    if not raw:
         raw = os.environ.get(ENV, "")
     names = [raw] if isinstance(raw, str) else list(raw)
     out: list[str] = []
