@@ -15,7 +15,8 @@ support forward with its gradient (for the Hessian-vector products), plus the qu
 Adaptation at test time solves the same proximal problem from theta.
 
 ``first_order=true`` skips CG (g_t = grad L_t^query(phi_t), the first-order approximation of the
-paper's section 3).  Gradient combiners get the per-task g_t as the rows [T, P] they aggregate.
+paper's section 3).  Gradient combiners get the per-task g_t as the rows [T, P] they aggregate.  ``task_chunk`` runs
+the meta-batch that many tasks at a time (same gradient, the memory of one chunk).
 """
 
 import torch
@@ -110,9 +111,8 @@ class IMAML(GradientMetaLearner):
                 rr = rr_new
         return x.detach()
 
-    def step(self, batch):
-        mo = self.meta_objective
-        theta = self.theta.detach()
+    def task_gradients(self, theta: Tensor, batch) -> tuple[Tensor, Tensor]:
+        """(per-task meta-gradients g_t [T, P], query losses [T]) of the tasks of ``batch``."""
         feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
         phi, _ = self.inner_loop(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
                                  create_graph=False)
@@ -120,17 +120,28 @@ class IMAML(GradientMetaLearner):
             phi_q = phi.detach().requires_grad_()
             query_losses = self.losses(self.predict_query(phi_q, feats_s, feats_q), batch.query_y)
             (g_query,) = torch.autograd.grad(query_losses.sum(), phi_q)  # row t: grad L_t^query(phi_t)
-        rows = g_query if self.config.first_order else self.implicit_grad(phi, feats_s, batch.support_y, g_query)
+        if self.config.first_order:
+            return g_query, query_losses.detach()
+        return self.implicit_grad(phi, feats_s, batch.support_y, g_query), query_losses.detach()
+
+    def step(self, batch):
+        mo = self.meta_objective
+        theta = self.theta.detach()
+        # task_chunk: the tasks are independent, so chunks only bound the memory of one pass
+        chunk = self.config.task_chunk or batch.num_tasks
+        parts = [self.task_gradients(theta, batch.slice(i, i + chunk)) for i in range(0, batch.num_tasks, chunk)]
+        rows, query_losses = (torch.cat(x) for x in zip(*parts))
         out = {}
         if mo.needs_jacobian:
-            self.theta.grad, out = mo.aggregate(rows, query_losses.detach(), batch.task_ids)
+            self.theta.grad, out = mo.aggregate(rows, query_losses, batch.task_ids)
         else:
             self.theta.grad = rows.mean(0)
         if mo.adversarial:
+            feats_s, feats_q = self.features(self.theta, batch.support_x, batch.query_x)
             extra, adv = mo.adversarial_loss(self.encoder_features(self.theta, batch, feats_s, feats_q), batch.task_ids)
             extra.backward()  # adds to theta.grad and fills the discriminator's
             out.update(adv)
-        return {"loss": query_losses.detach().mean().item(), **out}
+        return {"loss": query_losses.mean().item(), **out}
 
 
 @metareg.hookimpl

@@ -146,3 +146,12 @@ def test_imaml_runs_with_a_gradient_combiner_and_refuses_loss_weighting():
 
     with pytest.raises(IncompatibleError, match="weights task losses"):
         Run("imaml", "sinusoid_mtl", {"combiner": "uncertainty"}).build()
+
+
+def test_task_chunks_give_the_same_meta_gradient():
+    grads = []
+    for chunk in (0, 3):
+        learner, batch = _learner("cross_entropy", task_chunk=chunk)
+        learner.step(batch)
+        grads.append(learner.theta.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)

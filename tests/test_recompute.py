@@ -173,3 +173,22 @@ def test_recompute_does_not_change_evaluation_or_first_order():
         out.append((learner.theta.grad, preds[2]))
     for a, b in zip(*out):
         assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("recompute", [False, True])
+def test_task_chunks_equal_the_per_task_loop(recompute):
+    learner, batch = _build("maml", inner_steps=2, inner_lr=0.05, recompute=recompute, task_chunk=7)
+    assert batch.num_tasks % 7  # uneven chunks: 7, 7, 7, 4
+    out = learner.step(batch)
+    theta = learner.theta.detach().clone().requires_grad_()
+    losses = _loop_losses(theta, batch, 0.05, 2)
+    (want,) = torch.autograd.grad(losses.mean(), theta)
+    torch.testing.assert_close(learner.theta.grad, want, rtol=1e-10, atol=1e-12)
+    assert out["loss"] == pytest.approx(losses.mean().item(), rel=1e-12)
+
+
+def test_task_chunks_are_refused_where_the_whole_meta_batch_is_needed():
+    from metareg.errors import IncompatibleError
+
+    with pytest.raises(IncompatibleError, match="task_chunk"):
+        _build("maml", task_chunk=4, combiner="pcgrad")

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from .. import ops
 from ..config import config, param
+from ..errors import IncompatibleError
 from ..tasks.base import TaskBatch
 from .base import Learner, LearnerContext
 from .meta_batch import MetaBatchObjective
@@ -48,6 +49,9 @@ class GradientMetaConfig:
     recompute: bool = param(False, "second order: keep only each inner step's fast weights [T, P] and recompute the "
                                    "step's graph in the backward pass (peak memory flat in inner_steps, the same "
                                    "meta-gradient, about one more support forward and gradient per step)")
+    task_chunk: int = param(0, "run the meta-batch this many tasks at a time, each chunk's share of the loss "
+                               "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
+                               "instead of the whole meta-batch; 0: all at once)", ge=0)
 
 
 class GradientMetaLearner(Learner):
@@ -68,6 +72,10 @@ class GradientMetaLearner(Learner):
                 feature_dim = self.net.forward(self.theta[: self.net.head_offset], probe, 0, self.net.head_from,
                                                support_size=2).flatten(2).shape[-1]
         self.meta_objective = MetaBatchObjective(config, context, feature_dim)
+        if getattr(config, "task_chunk", 0) and (not self.meta_objective.plain or self.meta_objective.adversarial):
+            raise IncompatibleError(f"task_chunk runs the plain mean of the task losses chunk by chunk; combiner "
+                                    f"'{config.combiner}' and adversarial > 0 need the whole meta-batch at once: "
+                                    "drop task_chunk or them.")
 
     @functools.cached_property
     def _vjp(self) -> bool:
@@ -175,6 +183,9 @@ class GradientMetaLearner(Learner):
         return self.net.forward(theta[..., : self.net.head_offset], x, 0, self.net.head_from, support_size=s)
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        chunk = getattr(self.config, "task_chunk", 0)
+        if chunk and chunk < batch.num_tasks:
+            return self._chunked_step(batch, chunk)
         mb = self.meta_objective
         # per-task meta-gradients: the meta-batch runs from T copies of theta (one backward gives
         # row t = dL_t/dtheta); otherwise from theta itself, as the plain meta-gradient always did
@@ -193,6 +204,21 @@ class GradientMetaLearner(Learner):
         meta_loss = mb.loss(query_losses, batch.task_ids)
         (meta_loss if extra is None else meta_loss + extra).backward()
         return {"loss": meta_loss.item() if mb.plain else query_losses.detach().mean().item(), **out}
+
+    def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
+        """The plain meta-gradient ``chunk`` tasks at a time (``task_chunk``): the tasks are
+        independent, so the chunks' gradients of their share of the mean loss sum to the
+        meta-batch's, and only one chunk's graph is alive at a time."""
+        t, total = batch.num_tasks, 0.0
+        for start in range(0, t, chunk):
+            part = batch.slice(start, start + chunk)
+            feats_s, feats_q = self.features(self.theta, part.support_x, part.query_x)
+            fast, _ = self.inner_loop(self._adapted(self.theta), feats_s, part.support_y, self.config.inner_steps,
+                                      create_graph=not self.config.first_order)
+            losses = self.losses(self.predict_query(fast, feats_s, feats_q), part.query_y)
+            (losses.sum() / t).backward()
+            total = total + losses.detach().sum()
+        return {"loss": (total / t).item()}
 
     def adapt_predict(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
         with torch.enable_grad():
