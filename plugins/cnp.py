@@ -12,11 +12,16 @@ the support set; a decoder g conditions on r at each target, phi_j = g(x_j, r) (
   away from 0 (the bound of the authors' released code and of Le et al., Empirical Evaluation of
   Neural Process Objectives, 2018).  Evaluation scores the mean (``mse``); the per-task negative
   log-likelihood is :meth:`CNP.eval_metrics` (``nll``).
-* Classification (section 4.3, one-shot Omniglot): the observations are (image, label) pairs; r_i
-  is aggregated per class, r_c = mean over the support examples of class c (the paper's
-  class-wise representation), and the decoder scores each class from the query and that class's
+* Classification (the paper's one-shot Omniglot experiment): the observations are (image, label)
+  pairs; r_i is aggregated per class, r_c = mean over the support examples of class c, and the
+  decoder scores each class from the query and that class's
   representation, logit_c(x) = g(x, r_c) with one g shared by all classes (so relabelling the
-  classes permutes the logits alike); trained by cross-entropy.
+  classes permutes the logits alike); trained by cross-entropy.  By default g's last layer is
+  generated from r_c, logit_c(x) = w(r_c) . phi(f(x)) + b(r_c) with w, b linear in r_c and phi an
+  MLP: the amortised classifier head of VERSA (Gordon et al., ICLR 2019) and CNAPs (Requeima et
+  al., NeurIPS 2019), both CNP-style models.  The paper's decoder, an MLP on [f(x), r_c]
+  (``conditioning="concat"``, the default for regression), learns the comparison of a query with
+  a class at least twice as slowly on glyphs at budgets of minutes (benchmarks/RESULTS.md).
 
 Inputs reach h and g through a slow embedding x -> f_theta(x), the body of any registered
 backbone (Conv4 on images; on sinusoid the MLP's two hidden layers), learned with h and g.
@@ -55,7 +60,7 @@ class CNPConfig:
         "auto", "how the decoder g(x, r) sees r: 'concat' runs an MLP on [f(x), r] (the paper); 'weights' generates "
                 "the last layer of g from r, g = W(r) phi(f(x)) + b(r), phi an MLP (VERSA / CNAPs' amortised "
                 "classifier head); 'auto': concat for regression, weights for classification (on glyphs the concat "
-                "decoder learns the query-class comparison several times more slowly)")
+                "decoder learns the query-class comparison at least twice as slowly)")
     min_std: float = metareg.param(0.1, "regression: sigma = min_std + (1 - min_std) * softplus(raw), a floor on the "
                                         "predicted standard deviation", ge=0, lt=1)
     backbone: str = metareg.param("", "embedding f(x) of the inputs: this backbone's layers before its head; empty: "

@@ -5,7 +5,7 @@ Leibo, Ionescu. Using Fast Weights to Attend to the Recent Past. NeurIPS 2016; M
 Meta Networks. ICML 2017.
 
 The slow network is the body of any registered backbone (every layer before its head) followed by
-a linear key map and L2 normalisation: ``k(x) = W_k f_theta(x) / |W_k f_theta(x)|`` [D].  The
+a linear key map and L2 normalisation: ``k(x) = u / |u|``, ``u = W_k f_theta(x) + b_k`` [D].  The
 read-out has slow weights ``W`` [O, D], ``b`` [O] and, per task, fast weights ``A`` [O, D]:
 
     y_hat(x) = tau * (W + A) k(x) + b                                   (read: slow plus fast)
@@ -20,21 +20,22 @@ support set, which makes the write independent of the support order):
 
 with ``e_i = v_i`` (``write_rule="hebbian"``: the outer-product / Hebbian write) or
 ``e_i = v_i - sigma(y_hat^(l-1)(x_i))`` (``"delta"``: Widrow-Hoff's error-correcting write, sigma
-the softmax for classification and the identity for regression; Schlag, Irie, Schmidhuber,
-Linear Transformers Are Secretly Fast Weight Programmers, ICML 2021, eq. 15-17).  The gains
+the softmax for classification and the identity for regression; the delta rule of Schlag, Irie,
+Schmidhuber, Linear Transformers Are Secretly Fast Weight Programmers, ICML 2021).  The gains
 eta_l > 0 (one per iteration), the decay lambda in (0, 1) and the read temperature tau are learned
-with the slow weights.  For the squared loss the delta write equals a gradient step of the fast
-weights of a linear read-out, computed here in closed form inside the forward pass: nothing is
+with the slow weights.  For the squared loss and for softmax cross-entropy the delta write is (up
+to its scale) a gradient step on the fast weights of the linear read-out, written in closed form
+inside the forward pass: nothing is
 differentiated and nothing is optimised when the learner adapts to a task.  With the Hebbian rule
 the iterations write the same matrix again, so only ``write_iterations=1`` makes sense for it.
 
 ``generator="metanet"`` replaces the summed outer products by a learned fast-weight generator in
-the spirit of Meta Networks (section 3): each support example's meta-information is the closed-form
-negative loss gradient of the read-out, G_i = e_i k_i^T (section 3.1: "loss gradients" as meta
+the spirit of Meta Networks: each support example's meta-information is the closed-form negative
+loss gradient of the read-out, G_i = e_i k_i^T (Meta Networks use loss gradients as the meta
 information); a learned network g maps it to per-example fast weights W*_i = G_i + g(G_i, e_i, k_i),
 applied coordinate-wise (an MLP on each (G_iod, e_io, k_id), its output layer starting at zero so
 training starts from the outer-product write), kept in a memory keyed by k_i, and every example
-reads its own fast weights by attention over that memory (section 3.2, eq. 5-6):
+reads its own fast weights by attention over that memory (Meta Networks' memory read):
 A(x) = sum_i softmax_i(beta cos(k(x), k_i)) W*_i, with a learned beta.
 
 Everything is batched over the T tasks of a meta-batch ([T, S, ...] tensors, no loop over tasks).
