@@ -54,6 +54,7 @@ def is_metric_key(key: str, metric: str | None = None) -> bool:
 
 def _score(learner, batches, *, steps: Sequence[int], metric: str, device, dtype) -> dict[str, float]:
     per_step: dict[int, list[torch.Tensor]] = {}
+    extra: dict[str, list[torch.Tensor]] = {}
     stepwise = getattr(learner, "step_adaptation", True)
     if not stepwise:
         steps = [0]
@@ -66,6 +67,11 @@ def _score(learner, batches, *, steps: Sequence[int], metric: str, device, dtype
             preds = learner.adapt_predict(batch, steps)
             for k, pred in preds.items():
                 per_step.setdefault(k, []).append(task_metric(pred, batch.query_y, metric).double().cpu())
+            extra_fn = getattr(learner, "eval_metrics", None)
+            if extra_fn is not None:  # a learner's own per-task scores, e.g. CNP's negative log-likelihood
+                with torch.no_grad():
+                    for name, vals in extra_fn(batch).items():
+                        extra.setdefault(name, []).append(vals.detach().double().reshape(-1).cpu())
             n += batch.num_tasks
     finally:
         learner.train(was_training)
@@ -77,6 +83,10 @@ def _score(learner, batches, *, steps: Sequence[int], metric: str, device, dtype
         name = metric_name(metric, k, stepwise=stepwise)
         out[name] = mean
         out[name + "_ci95"] = ci
+    for name, parts in extra.items():
+        vals = torch.cat(parts)
+        out[name] = vals.mean().item()
+        out[name + "_ci95"] = 1.96 * vals.std(unbiased=True).item() / math.sqrt(len(vals)) if len(vals) > 1 else float("nan")
     out["eval_tasks"] = n
     return out
 

@@ -139,7 +139,8 @@ def _print_summary(s: dict) -> None:
     click.echo(f"{s['algorithm']} on {s['benchmark']}: {status} after {s['steps']} steps "
                f"({s['train_time_s']:.1f} s, {s['steps_per_s']} steps/s{_sampling(s)}), "
                f"final training loss {'-' if loss is None else f'{loss:.4f}'}")
-    keys = [k for k in s if is_metric_key(k, s.get("metric")) and not k.startswith("train_tasks_")]
+    keys = [k for k in s if (is_metric_key(k, s.get("metric")) or f"{k}_ci95" in s) and not k.endswith("_ci95")
+            and not k.startswith("train_tasks_") and isinstance(s[k], float)]
     if keys:
         click.echo(f"held-out tasks ({s.get('eval_tasks')}), mean ± 95% CI:")
         for k in keys:

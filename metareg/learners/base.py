@@ -69,6 +69,11 @@ class Learner(nn.Module):
         learner's own parameters unchanged."""
         raise NotImplementedError
 
+    def eval_metrics(self, batch: TaskBatch) -> dict[str, Tensor]:
+        """Optional per-task scores [T] of the learner's own beside the benchmark's metric (e.g. a
+        negative log-likelihood); the evaluation reports each as ``name`` and ``name_ci95``."""
+        return {}
+
     #: adaptation steps :meth:`adapt` takes when none are asked for (``metareg.load`` sets it to
     #: the most steps the run was evaluated with); None: the config's ``inner_steps``, else 1
     adapt_steps: int | None = None
