@@ -86,7 +86,6 @@ def aggregate(rows: Sequence[Mapping[str, Any]], *, metric: str, shots: Sequence
     by_algo: dict[str, list[Mapping[str, Any]]] = {}
     for r in rows:
         by_algo.setdefault(r["algorithm"], []).append(r)
-    final_step = max(adapt_steps)
     out = []
     for algo, runs in by_algo.items():
         kind, family = families.get(algo, ("", ""))
@@ -121,12 +120,21 @@ def aggregate(rows: Sequence[Mapping[str, Any]], *, metric: str, shots: Sequence
                         mean, ci = combine([m for m, _ in vals], [c for _, c in vals])
                         sc["new"][name] = {"mean": mean, "ci95": ci}
                 sc["stepwise"] = stepwise
-                sc["new_final"] = sc["new"].get(names[-1] if stepwise else metric)
+                # the headline: after the step count each seed's validation tasks chose (fewest on a tie)
+                chosen = [_chosen_steps(e.get("val"), metric, adapt_steps) if stepwise else None for e in ok]
+                sc["selected_steps"] = chosen
+                pick = [metric_name(metric, c) if c is not None else metric for c in chosen]
+                vals = [(e["new"].get(n), e["new"].get(n + "_ci95")) for e, n in zip(ok, pick)]
+                if all(isinstance(m, (int, float)) for m, _ in vals):
+                    mean, ci = combine([m for m, _ in vals], [c for _, c in vals])
+                    sc["new_final"] = {"mean": mean, "ci95": ci}
+                else:
+                    sc["new_final"] = None
                 seen = [e for e in ok if e.get("seen")]
                 if seen and len(seen) == len(ok):
                     src = seen[0]["seen_source"]
-                    name = metric if src == "heads" or metric in seen[0]["seen"] else metric_name(metric, final_step)
-                    vals = [(e["seen"].get(name), e["seen"].get(name + "_ci95")) for e in seen]
+                    names_seen = [metric if src == "heads" or metric in e["seen"] else n for e, n in zip(ok, pick)]
+                    vals = [(e["seen"].get(n), e["seen"].get(n + "_ci95")) for e, n in zip(ok, names_seen)]
                     mean, ci = combine([m for m, _ in vals], [c for _, c in vals])
                     sc["seen"], sc["seen_source"] = {"mean": mean, "ci95": ci}, src
                 else:
@@ -138,6 +146,18 @@ def aggregate(rows: Sequence[Mapping[str, Any]], *, metric: str, shots: Sequence
                 entry["notes"].append(f"seed {r['seed']}: {st} (left out of the means)")
         out.append(entry)
     return out
+
+
+def _chosen_steps(val: Mapping[str, Any] | None, metric: str, adapt_steps: Sequence[int]) -> int:
+    """The adaptation step count with the best validation score (the fewest on a tie); the most
+    steps asked where there is no validation score (evaluations written before it existed)."""
+    if not val:
+        return max(adapt_steps)
+    lower = lower_is_better(metric)
+    scored = [(val[metric_name(metric, s)], s) for s in adapt_steps if isinstance(val.get(metric_name(metric, s)), (int, float))]
+    if not scored:
+        return max(adapt_steps)
+    return min(scored, key=lambda vs: ((vs[0] if lower else -vs[0]), vs[1]))[1]
 
 
 def _better(a: float, b: float, lower: bool) -> bool:
@@ -229,10 +249,17 @@ def _num(s: Mapping[str, float] | None, fmt: str = "{:,.1f}", spread: bool = Fal
     return text
 
 
+def _steps_note(chosen: Sequence[int | None] | None) -> str:
+    """`` [5]``: the validation-chosen step count (`` [1,5,5]`` per seed where they differ)."""
+    chosen = [c for c in (chosen or []) if c is not None]
+    if not chosen:
+        return ""
+    return f" [{chosen[0]}]" if len(set(chosen)) == 1 else " [" + ",".join(map(str, chosen)) + "]"
+
+
 def report_tables(entries: Sequence[Mapping[str, Any]], *, metric: str, shots: Sequence[int],
                   adapt_steps: Sequence[int]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(caption, headers, rows) of the score, adaptation and cost tables."""
-    final = max(adapt_steps)
     t1_head = ["algorithm", "family"] + [h for k in shots for h in (f"seen K={k}", f"new K={k}")]
     t1 = []
     for e in entries:
@@ -242,7 +269,7 @@ def report_tables(entries: Sequence[Mapping[str, Any]], *, metric: str, shots: S
             seen = sc.get("seen")
             row.append(_cell(seen) + (" *" if sc.get("seen_source") == "heads" else "") if seen is not None
                        else ("n/a" if sc.get("n_seeds") else "-"))
-            row.append(_cell(sc.get("new_final")) + ("" if sc.get("stepwise", True) else " †"))
+            row.append(_cell(sc.get("new_final")) + (_steps_note(sc.get("selected_steps")) if sc.get("stepwise", True) else " †"))
         t1.append(row)
     t2_head = ["algorithm", "K"] + [metric_name(metric, s).removeprefix(metric + "_").replace("_", " ") for s in adapt_steps]
     t2 = []
@@ -258,8 +285,9 @@ def report_tables(entries: Sequence[Mapping[str, Any]], *, metric: str, shots: S
            _num(e["cost"]["steps_per_s"]), _num(e["cost"]["adapt_time_per_task_ms"], "{:,.2f}"),
            _num(e["cost"]["num_params"], "{:,.0f}"), _num(e["cost"]["peak_memory_mb"], "{:,.0f}")] for e in entries]
     return [
-        (f"{metric} on tasks seen in training and on new tasks, after {final} adaptation steps where the learner "
-         "takes steps (mean ± 95% CI over seeds and tasks)", t1_head, t1),
+        (f"{metric} on tasks seen in training and on new tasks (mean ± 95% CI over seeds and tasks); a learner that "
+         "takes steps is scored after the number of adaptation steps [in brackets] its validation tasks chose among "
+         + ", ".join(map(str, adapt_steps)), t1_head, t1),
         (f"new tasks: {metric} against adaptation steps", t2_head, t2),
         ("cost: steps reached (mean, range over seeds), training seconds, adaptation time per new task (all "
          "step counts, at the training K), trainable parameters, peak memory of the run's process", t3_head, t3),
@@ -304,6 +332,10 @@ def csv_rows(entries, *, metric: str, shots, adapt_steps) -> list[dict[str, Any]
             row[f"seen_{metric}"] = seen["mean"] if seen else None
             row[f"seen_{metric}_ci95"] = seen["ci95"] if seen else None
             row["seen_source"] = sc.get("seen_source")
+            best = sc.get("new_final")
+            row[f"new_{metric}"] = best["mean"] if best else None  # at the validation-chosen steps
+            row[f"new_{metric}_ci95"] = best["ci95"] if best else None
+            row["selected_steps"] = " ".join(str(c) for c in (sc.get("selected_steps") or []) if c is not None)
             for s in adapt_steps:
                 name = metric_name(metric, s)
                 v = sc.get("new", {}).get(name) if sc.get("stepwise", True) else sc.get("new_final")

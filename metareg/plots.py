@@ -74,8 +74,8 @@ def plot_shots(path: Path, data: Mapping[str, Any]) -> Path:
         else:
             ax.text(0.5, 0.5, "no learner can be scored here", ha="center", va="center", transform=ax.transAxes)
     axes[0].set_ylabel(_ylabel(data, ""))
-    steps = max(data["adapt_steps"])
-    fig.suptitle(f"{data['metric']} against shots, after {steps} adaptation steps where a learner takes steps", fontsize=10)
+    fig.suptitle(f"{data['metric']} against shots; learners that take steps: after the adaptation steps "
+                 "their validation tasks chose", fontsize=10)
     fig.tight_layout()
     path = _save(fig, path)
     plt.close(fig)

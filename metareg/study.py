@@ -177,9 +177,10 @@ def _stepwise_final(scores: Mapping[str, Any], metric: str, steps: Sequence[int]
 def evaluate_at_shots(run, summary: Mapping[str, Any], shots: int, *, new: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Scores of a built, trained ``run`` (a :class:`metareg.runner.Run`, e.g. from ``load_run``)
     at ``shots`` support examples: ``new`` (held-out tasks, every adaptation step count; pass
-    ``new`` to reuse scores already known, e.g. the run's own at its training K) and ``seen`` (the
-    training tasks, where the learner can be scored on them: ``seen_source`` says how,
-    ``seen_note`` why not)."""
+    ``new`` to reuse scores already known, e.g. the run's own at its training K), ``val`` (the
+    same on ``val_tasks`` validation tasks, which choose the step count a report headlines; None
+    for learners that adapt without steps) and ``seen`` (the training tasks, where the learner
+    can be scored on them: ``seen_source`` says how, ``seen_note`` why not)."""
     import torch
 
     from .evaluate import evaluate, evaluate_tasks, evaluation_generator
@@ -197,7 +198,14 @@ def evaluate_at_shots(run, summary: Mapping[str, Any], shots: int, *, new: Mappi
         new = evaluate(run.learner, bench, num_tasks=cfg.eval_tasks, steps=cfg.eval_steps,
                        generator=evaluation_generator(cfg.seed, "test"), chunk=cfg.eval_chunk, split="test",
                        device=run.device, dtype=run.dtype)
-    out: dict[str, Any] = {"shots": shots, "train_shots": run.bench_config.shots, "new": dict(new),
+    # how many adaptation steps to report is a hyperparameter: chosen on validation tasks (the
+    # split and generator of the runner's periodic validation), never on the test tasks
+    val = None
+    if getattr(run.learner, "step_adaptation", True) and len(cfg.eval_steps) > 1:
+        val = evaluate(run.learner, bench, num_tasks=cfg.val_tasks, steps=cfg.eval_steps,
+                       generator=evaluation_generator(cfg.seed, "val"), chunk=cfg.eval_chunk, split="val",
+                       device=run.device, dtype=run.dtype)
+    out: dict[str, Any] = {"shots": shots, "train_shots": run.bench_config.shots, "new": dict(new), "val": val,
                            "seen": None, "seen_source": None, "seen_note": ""}
     train_key = f"train_tasks_{metric}"
     if isinstance(summary.get(train_key), (int, float)):
@@ -259,11 +267,17 @@ def _eval_path(eval_dir: Path, shots: int) -> Path:
     return eval_dir / f"shots-{shots}.json"
 
 
+def _eval_done(path: Path, key: str) -> dict[str, Any] | None:
+    """An evaluation file of this run in the current format (with ``val``), else None."""
+    ev = _read_json(path)
+    return ev if ev and ev.get("key") == key and ("val" in ev or "error" in ev) else None
+
+
 def is_complete(p: PlannedRun, out: Path, shots: Sequence[int]) -> bool:
     summary = training_done(p.run_dir(out), p.key)
     if summary is None:
         return False
-    return summary["status"] != "completed" or all((_read_json(_eval_path(p.eval_dir(out), k)) or {}).get("key") == p.key for k in shots)
+    return summary["status"] != "completed" or all(_eval_done(_eval_path(p.eval_dir(out), k), p.key) for k in shots)
 
 
 def run_one(spec: Mapping[str, Any], manager=None) -> dict[str, Any]:
@@ -293,10 +307,13 @@ def run_one(spec: Mapping[str, Any], manager=None) -> dict[str, Any]:
     eval_dir.mkdir(parents=True, exist_ok=True)
     for k in spec["shots"]:
         path = _eval_path(eval_dir, k)
-        if (_read_json(path) or {}).get("key") == key:
+        if _eval_done(path, key):
             continue
+        older = _read_json(path) or {}  # an evaluation from before validation-chosen steps: its test scores stand
         try:  # at the training K the new-task scores are the run's own summary
             own = summary_scores(summary) if k == base.bench_config.shots else None
+            if own is None and older.get("key") == key and older.get("new"):
+                own = older["new"]
             res = evaluate_at_shots(base, summary, k, new=own)
         except MetaregError as e:
             res = {"shots": k, "error": str(e)}

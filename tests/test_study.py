@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from metareg import plugins
 from metareg.cli import make_cli
 from metareg.compare import combine, paradigm_check
+from metareg.evaluate import metric_name
 from metareg.runner import Run, load_run
 from metareg.study import evaluate_at_shots, parse_budget
 
@@ -57,11 +58,16 @@ def _check_equal(entry, seed, folder, summary, shots, train_shots):
         assert ev["seen_source"] == want["seen_source"] and ev["seen"] == want["seen"]
         if want["seen_source"] == "heads":
             assert ev["seen"][metric] == summary[f"train_tasks_{metric}"]
-        if len(entry["per_seed"]) == 1:  # one seed: the table's numbers are that seed's
-            final = entry["scores"][str(k)]["new_final"]
-            name = metric if metric in ev["new"] else max((n for n in ev["new"] if n.startswith(metric + "_after_")
-                                                             and not n.endswith("_ci95")), key=lambda n: int(n.split("_")[2]))
-            assert (final["mean"], final["ci95"]) == (ev["new"][name], ev["new"][name + "_ci95"])
+        assert ev["val"] == want["val"]
+        if len(entry["per_seed"]) == 1:  # one seed: the table's numbers are that seed's, at the chosen steps
+            sc = entry["scores"][str(k)]
+            (chosen,) = sc["selected_steps"]
+            name = metric if chosen is None else metric_name(metric, chosen)
+            if chosen is not None:  # the step count with the best validation score
+                lower = metric == "mse"
+                vals = {s: ev["val"][metric_name(metric, s)] for s in (0, 1, 5)}
+                assert vals[chosen] == (min if lower else max)(vals.values())
+            assert (sc["new_final"]["mean"], sc["new_final"]["ci95"]) == (ev["new"][name], ev["new"][name + "_ci95"])
 
 
 def test_sinusoid_comparison_equals_separate_runs(tmp_path, monkeypatch):
