@@ -93,6 +93,9 @@ class Hybrid(Learner):
 
     def __init__(self, config: HybridConfig, context) -> None:
         super().__init__(config, context)
+        if context.distributed is not None:
+            # the runner shards a batch by the learner's kind; the two phases would need different shards
+            raise metareg.errors.IncompatibleError("hybrid trains in one process: drop --nproc.")
         mtl_cfg = MultiTaskConfig(combiner=config.combiner, backbone=config.backbone, head_fit=config.head_fit,
                                   adapt_lr=config.adapt_lr)
         self.pretrainer = SharedEncoderLearner(mtl_cfg, context)
