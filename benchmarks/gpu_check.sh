@@ -7,6 +7,9 @@
 #      gradcheck/gradgradcheck, opcheck),
 #   3. times each op beside its plain-torch baselines with CUDA events (medians; the
 #      normalize+bmm baseline also under torch.compile where the targets name it),
+#   4. second-order MAML on Conv4 5-way 1-shot, meta-batch 32, at 1/5/10/20 inner steps: peak memory
+#      (torch.cuda.max_memory_allocated) and time per outer step of the stored path, recompute=true,
+#      recompute + task_chunk, iMAML and the per-task loop (benchmarks/maml_memory.py; at most 150 s),
 # and prints one summary table with the GPU targets.  Run from anywhere:
 #   bash benchmarks/gpu_check.sh            (PYTHON=python3.12 to pick the interpreter)
 # Exit status: 0 when the build and the tests pass (missed speed targets are reported, not fatal).
@@ -182,5 +185,15 @@ for i, r in enumerate(table):
     if i == 0:
         print("  ".join("-" * k for k in w))
 EOF
+# -- 4. MAML memory against inner steps ---------------------------------------------------------
+say "MAML memory: stored / recompute / chunked / imaml / per-task loop"
+if [ "${METAREG_GPU_CHECK_DRY:-}" = 1 ]; then
+  MEM_ARGS="--device cpu --tasks 2 --steps 1,2 --reps 1"
+else
+  MEM_ARGS="--device cuda --tasks 32 --steps 1,20,5,10 --reps 3"
+fi
+# shellcheck disable=SC2086
+timeout 150 "$PY" benchmarks/maml_memory.py $MEM_ARGS --json "${LOG%.log}_maml_memory.json" 2>&1 | tee -a "$LOG" | tail -22
+
 say "tests exit status $TEST_STATUS; full log in $LOG"
 exit "$TEST_STATUS"
