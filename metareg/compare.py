@@ -204,12 +204,13 @@ def paradigm_check(entries: Sequence[Mapping[str, Any]], shots: Sequence[int], m
         ok = not _better(me[1]["mean"], mt[1]["mean"], lower)
         out.append({"claim": claim, "verdict": verdict(mt, me) if ok else "does not hold",
                     "detail": f"best multi-task: {_fmt_pair(*mt)}; best meta-learner: {_fmt_pair(*me)}"})
-    gaps = {}
+    gaps, gap_ci = {}, {}
     for k in shots:
         me, mt = _best(entries, "meta", k, "new", lower), _best(entries, "multitask", k, "new", lower)
         if me is None or mt is None:
             continue
         gaps[k] = (me[1]["mean"] - mt[1]["mean"]) * (-1 if lower else 1)  # > 0: meta-learning ahead
+        gap_ci[k] = math.hypot(me[1]["ci95"] or 0.0, mt[1]["ci95"] or 0.0)
         if k == min(shots):
             ok = gaps[k] >= 0
             out.append({"claim": f"new tasks, K={k} (the fewest shots): a meta-learner is best",
@@ -220,9 +221,11 @@ def paradigm_check(entries: Sequence[Mapping[str, Any]], shots: Sequence[int], m
         seq = ", ".join(f"K={k}: {gaps[k]:+.3f}" for k in ks)
         narrows = gaps[ks[0]] > 0 and gaps[ks[-1]] < gaps[ks[0]]
         monotone = all(gaps[a] >= gaps[b] for a, b in zip(ks, ks[1:]))
-        out.append({"claim": "new tasks: the meta-learners' lead narrows as K grows",
-                    "verdict": ("holds" if monotone else f"holds from K={ks[0]} to K={ks[-1]}, not at every K")
-                    if narrows else "does not hold",
+        clear = gaps[ks[0]] - gaps[ks[-1]] > math.hypot(gap_ci[ks[0]], gap_ci[ks[-1]])
+        verdict = ("holds" if monotone else f"holds from K={ks[0]} to K={ks[-1]}, not at every K") if narrows else "does not hold"
+        if narrows and not clear:
+            verdict += " (by less than the 95% intervals)"
+        out.append({"claim": "new tasks: the meta-learners' lead narrows as K grows", "verdict": verdict,
                     "detail": f"best meta-learner minus best multi-task learner ({'lower' if lower else 'higher'} "
                               f"{metric} is better, sign: + = meta-learning ahead): {seq}"})
     return out
