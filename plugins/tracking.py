@@ -1,8 +1,8 @@
 """Experiment tracking through the run-observer hooks: a TensorBoard writer and a CSV logger.
 
-Chosen per run with ``--set run.track=tensorboard,csv`` (the run option ``track``) or, where the
-runner has no such option yet, the environment variable ``METAREG_TRACK=tensorboard,csv`` (a
-comparison passes it to each of its runs).  Each writes into the run folder, next to
+Chosen per run with ``--set run.track=tensorboard,csv`` (the run option ``track``; ``metareg
+compare`` passes it to each of its runs) or, where that is empty, ``METAREG_TRACK=tensorboard,csv``.
+Tracking is not part of a comparison's run key: a finished run is reused as it is.  Each writes into the run folder, next to
 ``metrics.jsonl``, on the steps that file gets a line (every ``log_every`` steps, the last step,
 and steps with a periodic evaluation):
 
@@ -36,8 +36,9 @@ ENV = "METAREG_TRACK"
 
 
 def selected(run) -> tuple[str, ...]:
-    """The trackers a run asked for: the run option ``track`` where the runner has it, else
-    ``$METAREG_TRACK``; unknown names are a ConfigError naming the valid ones."""
+    """The trackers of this plugin a run asked for: the run option ``track``, or ``$METAREG_TRACK``
+    where that is empty.  A name no tracker here knows is said once (another plugin may add it:
+    the option is shared), never silently dropped."""
     raw = getattr(run.config, "track", None)
     if not raw:
         raw = os.environ.get(ENV, "")
@@ -50,9 +51,9 @@ def selected(run) -> tuple[str, ...]:
                 out.append(n)
     unknown = [n for n in out if n not in TRACKERS]
     if unknown:
-        raise ConfigError(f"unknown tracker {', '.join(map(repr, unknown))}; track takes a comma-separated "
-                          f"list of {', '.join(TRACKERS)}.")
-    return tuple(out)
+        log.warning("track: %s is not a built-in tracker (%s); unless a plugin provides it, nothing records it",
+                    ", ".join(map(repr, unknown)), ", ".join(TRACKERS))
+    return tuple(n for n in out if n in TRACKERS)
 
 
 def _scalars(metrics):
