@@ -10,7 +10,9 @@ H_t the Hessian of L_t^support at phi_t, solved by ``cg_steps`` iterations of co
 Batched over the T tasks of a meta-batch: phi is one [T, P] buffer, every inner step one batched
 forward and one fused update, and one autograd Hessian-vector product over the [T, P] buffer gives
 all T products at once (task t's support loss reads row t only), so CG runs on T problems at once
-with per-task step sizes.  Memory does not grow with ``inner_steps``: the only graph kept is one
+with per-task step sizes; a task's CG stops at a direction of non-positive curvature (I + H/lam
+is positive semi-definite at a minimiser of the proximal problem, not always after a few inner
+steps; truncated CG as in Hessian-free optimisation).  Memory does not grow with ``inner_steps``: the only graph kept is one
 support forward with its gradient (for the Hessian-vector products), plus the query forward.
 Adaptation at test time solves the same proximal problem from theta.
 
@@ -98,17 +100,25 @@ class IMAML(GradientMetaLearner):
             x = torch.zeros_like(b)
             r, d = b.clone(), b.clone()
             rr = (r * r).sum(1, keepdim=True)
-            for _ in range(self.config.cg_steps):
+            active = torch.ones_like(rr, dtype=torch.bool)
+            for i in range(self.config.cg_steps):
                 ad = a_times(d)
                 dad = (d * ad).sum(1, keepdim=True)
-                # a task whose residual is already zero stops there (0/0 would be NaN)
-                alpha = torch.where(dad != 0, rr / torch.where(dad != 0, dad, 1), 0)
+                # a task stops at a direction of non-positive curvature (truncated CG, Steihaug
+                # 1983): at a minimiser of the proximal problem I + H/lam is positive semi-definite,
+                # but a few inner steps may stop where it is not, and CG there diverges; a residual
+                # already zero (d = 0) stops it too (0/0)
+                active = active & (dad > 0)
+                if i == 0:
+                    at_once = ~active  # no usable direction at all: the first-order g_t = b_t below
+                alpha = torch.where(active, rr / torch.where(active, dad, 1), 0)
                 x = x + alpha * d
                 r = r - alpha * ad
                 rr_new = (r * r).sum(1, keepdim=True)
-                beta = torch.where(rr != 0, rr_new / torch.where(rr != 0, rr, 1), 0)
+                beta = torch.where(active & (rr != 0), rr_new / torch.where(rr != 0, rr, 1), 0)
                 d = r + beta * d
                 rr = rr_new
+            x = torch.where(at_once, b, x)
         return x.detach()
 
     def task_gradients(self, theta: Tensor, batch) -> tuple[Tensor, Tensor]:

@@ -89,10 +89,14 @@ def _per_task(learner, batch, loss, solve):
 
 
 def _cg(a, b, steps):
+    """Conjugate gradient stopped at the first direction of non-positive curvature (then b if
+    that is the first direction)."""
     x, r = torch.zeros_like(b), b.clone()
     d, rr = r.clone(), r @ r
-    for _ in range(steps):
+    for i in range(steps):
         ad = a @ d
+        if d @ ad <= 0:
+            return b if i == 0 else x
         alpha = rr / (d @ ad)
         x, r = x + alpha * d, r - alpha * ad
         rr_new = r @ r
@@ -103,9 +107,14 @@ def _cg(a, b, steps):
 @pytest.mark.parametrize("vjp", [True, False], ids=["vjp", "autograd"])
 @pytest.mark.parametrize("loss", ["mse", "cross_entropy"])
 def test_cg_meta_gradient_equals_the_exact_implicit_gradient(loss, vjp):
-    learner, batch = _learner(loss, vjp, cg_steps=80)
+    learner, batch = _learner(loss, vjp, cg_steps=80, lam=4.0)
     learner.step(batch)
-    want = _per_task(learner, batch, loss, lambda a, b: torch.linalg.solve(a, b))
+
+    def solve(a, b):
+        assert torch.linalg.eigvalsh(a).min() > 0  # the paper's setting: phi a strict minimiser
+        return torch.linalg.solve(a, b)
+
+    want = _per_task(learner, batch, loss, solve)
     assert want.abs().max() > 1e-4
     torch.testing.assert_close(learner.theta.grad, want.mean(0), rtol=1e-8, atol=1e-10)
 
@@ -155,3 +164,18 @@ def test_task_chunks_give_the_same_meta_gradient():
         learner.step(batch)
         grads.append(learner.theta.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)
+
+
+def test_cg_stops_at_negative_curvature():
+    # lam this small makes I + H/lam indefinite after the few inner steps: CG must stop, not diverge
+    learner, batch = _learner("cross_entropy", lam=0.02, inner_lr=0.05, cg_steps=6)
+    learner.step(batch)
+    stops = []
+
+    def solve(a, b):
+        stops.append(bool(torch.linalg.eigvalsh(a).min() < 0))
+        return _cg(a, b, 6)
+
+    want = _per_task(learner, batch, "cross_entropy", solve)
+    assert any(stops)
+    torch.testing.assert_close(learner.theta.grad, want.mean(0), rtol=1e-9, atol=1e-11)
