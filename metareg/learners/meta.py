@@ -38,7 +38,7 @@ __all__ = ["GradientMetaLearner", "GradientMetaConfig"]
 class GradientMetaConfig:
     inner_lr: float = param(0.01, "inner-loop (adaptation) learning rate alpha", gt=0)
     inner_steps: int = param(1, "inner-loop gradient steps during meta-training (second order keeps every step's "
-                                "graph: memory grows with it)", ge=1, le=10_000)
+                                "graph, so memory grows with it, unless recompute=true)", ge=1, le=10_000)
     first_order: bool = param(False, "drop second-order terms (first-order MAML)")
     backbone: str = param("", "backbone name (see `metareg list`); empty: the benchmark's default")
     combiner: str = param("equal", "how the per-task meta-gradients of a meta-batch are combined: 'equal' (their mean, "
