@@ -217,8 +217,10 @@ def test_paradigm_check_says_where_the_account_fails():
                 "scores": {k: {"seen": None if seen is None else {"mean": seen, "ci95": 0.01},
                                "new_final": {"mean": new[k], "ci95": 0.01}} for k in new}}
 
-    entries = [entry("m", "meta", 0.7, {1: 0.6, 5: 0.8}), entry("t", "multitask", 0.9, {1: 0.4, 5: 0.75})]
+    entries = [entry("m", "meta", 0.7, {1: 0.6, 5: 0.8}), entry("t", "multitask", 0.9, {1: 0.4, 5: 0.75}),
+               {**entry("h", "meta", 0.99, {1: 0.99, 5: 0.99}), "family": "hybrid"}]  # both paradigms: left out
     checks = {c["claim"]: c["verdict"] for c in paradigm_check(entries, [1, 5], "accuracy")}
+    assert checks["hybrids"] == "left out of the check"
     assert checks["seen tasks, K=1: a multi-task learner is best"] == "holds"
     assert checks["new tasks, K=1 (the fewest shots): a meta-learner is best"] == "holds"
     assert checks["new tasks: the meta-learners' lead narrows as K grows"] == "holds"  # +0.2 -> +0.05
