@@ -192,7 +192,8 @@ def paradigm_check(entries: Sequence[Mapping[str, Any]], shots: Sequence[int], m
     entries = [e for e in entries if e.get("family") != "hybrid"]
     if hybrids:
         out.append({"claim": "hybrids", "verdict": "left out of the check",
-                    "detail": f"{', '.join(hybrids)} combine both paradigms; their numbers are in the tables."})
+                    "detail": f"{', '.join(hybrids)}: both paradigms at once (multi-task and meta-learning in one "
+                              "run); in the tables, on neither side of this check."})
     if not any(e["kind"] == "meta" for e in entries) or not any(e["kind"] == "multitask" for e in entries):
         return out + [{"claim": "paradigms", "verdict": "not checked",
                        "detail": "the comparison needs at least one meta-learner and one multi-task learner."}]

@@ -43,11 +43,23 @@ def _ylabel(data: Mapping[str, Any], what: str) -> str:
     return f"{what} {data['metric']} ({better} is better)\nmean ± 95% CI over seeds and tasks"
 
 
+def _scale(axes, values, ylabel: str) -> str:
+    """A log y-axis where the means span more than two decades (a diverged adaptation at 1e13 beside
+    0.03 would flatten every other line); the label says so."""
+    vals = [v for v in values if v == v]
+    if vals and min(vals) > 0 and max(vals) / min(vals) > 100:
+        for ax in axes:
+            ax.set_yscale("log", nonpositive="clip")
+        return ylabel.replace("\n", " (log scale)\n", 1) if "\n" in ylabel else ylabel + " (log scale)"
+    return ylabel
+
+
 def plot_shots(path: Path, data: Mapping[str, Any]) -> Path:
     plt = _plt()
     entries, shots = data["entries"], data["shots"]
     style = _style(entries)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.4), sharey=True)
+    means: list[float] = []
     for ax, part, title in ((axes[0], "seen", "tasks seen in training"), (axes[1], "new", "new tasks")):
         for e in entries:
             pts = []
@@ -58,6 +70,7 @@ def plot_shots(path: Path, data: Mapping[str, Any]) -> Path:
                     pts.append((k, v["mean"], v.get("ci95") or 0.0))
             if not pts:
                 continue
+            means += [p[1] for p in pts]
             color, ls, marker = style[e["algorithm"]]
             how = ""
             if part == "seen":
@@ -73,7 +86,7 @@ def plot_shots(path: Path, data: Mapping[str, Any]) -> Path:
             ax.legend(fontsize=8)
         else:
             ax.text(0.5, 0.5, "no learner can be scored here", ha="center", va="center", transform=ax.transAxes)
-    axes[0].set_ylabel(_ylabel(data, ""))
+    axes[0].set_ylabel(_scale(axes, means, _ylabel(data, "")))
     fig.suptitle(f"{data['metric']} against shots; learners that take steps: after the adaptation steps "
                  "their validation tasks chose", fontsize=10)
     fig.tight_layout()
@@ -87,6 +100,7 @@ def plot_adaptation(path: Path, data: Mapping[str, Any]) -> Path:
     entries, shots, steps = data["entries"], data["shots"], data["adapt_steps"]
     style = _style(entries)
     fig, axes = plt.subplots(1, len(shots), figsize=(4.2 * len(shots) + 1, 4.2), sharey=True, squeeze=False)
+    means: list[float] = []
     for ax, k in zip(axes[0], shots):
         for e in entries:
             sc = e["scores"].get(str(k)) or e["scores"].get(k) or {}
@@ -95,10 +109,12 @@ def plot_adaptation(path: Path, data: Mapping[str, Any]) -> Path:
                 pts = [(s, sc["new"][metric_name(data["metric"], s)]) for s in steps
                        if metric_name(data["metric"], s) in sc.get("new", {})]
                 if pts:
+                    means += [p[1]["mean"] for p in pts]
                     ax.errorbar([p[0] for p in pts], [p[1]["mean"] for p in pts], yerr=[p[1].get("ci95") or 0 for p in pts],
                                 color=color, ls=ls, marker=marker, capsize=3, label=f"{e['algorithm']} [{e['kind']}]")
             elif sc.get("new_final"):
                 v = sc["new_final"]
+                means.append(v["mean"])
                 ax.plot([min(steps), max(steps)], [v["mean"]] * 2, color=color, ls=":", lw=2,
                         label=f"{e['algorithm']} [{e['kind']}] (adapts without steps)")
         ax.set_title(f"new tasks, K={k} ({data['benchmark']})")
@@ -107,7 +123,7 @@ def plot_adaptation(path: Path, data: Mapping[str, Any]) -> Path:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    axes[0][0].set_ylabel(_ylabel(data, "new-task"))
+    axes[0][0].set_ylabel(_scale(axes[0], means, _ylabel(data, "new-task")))
     fig.tight_layout()
     path = _save(fig, path)
     plt.close(fig)
