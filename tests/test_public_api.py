@@ -11,7 +11,8 @@ import metareg
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_FILES = sorted(p for p in (ROOT / "plugins").glob("*.py") if p.name != "__init__.py")
-EXAMPLE_FILES = sorted((ROOT / "examples" / "metareg-example").rglob("*.py"))
+EXAMPLE_FILES = sorted(p for p in (ROOT / "examples" / "metareg-example").rglob("*.py")
+                       if "build" not in p.relative_to(ROOT).parts)  # pip's in-tree build copy
 PUBLIC_MODULES = {"metareg", "metareg.errors", "metareg.ops"}
 
 

@@ -57,7 +57,7 @@ def test_bad_combiner_options_are_config_errors(over, words):
 
 def test_combiner_options_on_a_learner_without_combiner():
     with pytest.raises(metareg.errors.ConfigError, match="takes no combiner"):
-        metareg.runner.Run("maml", "sinusoid", {"combiner.seed": 1})
+        metareg.runner.Run("cnp", "sinusoid", {"combiner.seed": 1})
 
 
 def test_checkpoint_restores_the_combiners_random_state(tmp_path):
