@@ -40,6 +40,7 @@ from .learners import (  # noqa: E402
     solve_spd,
     task_jacobian,
 )
+from .learners.meta_batch import reverse_gradient  # noqa: E402
 from .learners.multitask import TaskNetworksLearner, pick_columns, run_columns  # noqa: E402
 from .nets import Flatten, FunctionalNet, Layer, Linear, ReLU, mlp  # noqa: E402
 from .nets.conv import batch_norm, conv4, resnet12  # noqa: E402
@@ -98,6 +99,7 @@ __all__ = [
     "feature_dim",
     "run_columns",
     "pick_columns",
+    "reverse_gradient",
     # combiners and their [T, T] solvers
     "Combiner",
     "GramCombiner",

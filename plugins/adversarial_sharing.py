@@ -29,24 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import metareg
-from metareg import MultiTaskConfig, MultiTaskLearner
-from metareg import FunctionalNet, Linear, feature_dim, run_columns
-
-
-class GradientReversal(torch.autograd.Function):
-    """Identity forward; backward multiplies the gradient by -1 (Ganin & Lempitsky 2015, eq. 13)."""
-
-    @staticmethod
-    def forward(ctx, x):
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad):
-        return -grad
-
-
-def reverse_gradient(x):
-    return GradientReversal.apply(x)
+from metareg import FunctionalNet, Linear, MultiTaskConfig, MultiTaskLearner, feature_dim, reverse_gradient, run_columns
 
 
 @metareg.config

@@ -27,7 +27,6 @@ import math
 import os
 
 import metareg
-from metareg.errors import ConfigError
 
 log = logging.getLogger("metareg.tracking")
 
@@ -74,8 +73,9 @@ class _TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise ConfigError("run.track=tensorboard needs the tensorboard package: pip install 'metareg[tensorboard]' "
-                              "(or pip install tensorboard).") from None
+            raise metareg.errors.ConfigError(
+                "run.track=tensorboard needs the tensorboard package: pip install 'metareg[tensorboard]' "
+                "(or pip install tensorboard).") from None
         self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
 
     def config(self, cfg):

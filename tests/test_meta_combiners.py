@@ -7,7 +7,6 @@ metric learners and Conv4), and the adversarial option against its formula (grad
 the encoder gets minus the discriminator's gradient).
 """
 
-import types
 
 import pytest
 import torch
@@ -212,55 +211,20 @@ def test_adversarial_with_a_combiner_adds_outside_it():
 
 
 # -- metric learners: per-episode gradients of the embedding, one episode at a time ----------------
-@metareg.config
-class IdBlobsConfig:
-    ways: int = metareg.param(3, "classes per task", ge=2)
-    shots: int = metareg.param(2, "support examples per class", ge=1)
-    query: int = metareg.param(3, "query examples per class", ge=1)
-    meta_batch: int = metareg.param(4, "tasks per batch", ge=1)
-    eval_query: int = metareg.param(3, "query examples per class at evaluation", ge=1)
-
-
-@metareg.benchmark("id_blobs", summary="Gaussian blobs whose tasks carry one of 3 cluster ids", config=IdBlobsConfig,
-                   provides={"episodic", "classification"}, metric="accuracy")
-class IdBlobs(metareg.TaskDistribution):
-    def __init__(self, config):
-        super().__init__(config)
-        self.info = metareg.TaskInfo(input_shape=(6,), output_dim=config.ways, loss="cross_entropy", metric="accuracy",
-                                     num_train_tasks=3, backbone_options=(("hidden", (16, 16)),))
-
-    def _tasks(self, t, query, g, ids):
-        c = self.config
-        x = torch.randn(t, c.ways, 1, 6, generator=g) * 2 + torch.randn(t, c.ways, c.shots + query, 6, generator=g)
-        y = torch.arange(c.ways).view(1, c.ways, 1).expand(t, c.ways, c.shots + query)
-        s = c.shots
-        flat = lambda a: a.reshape(t, -1, *a.shape[3:])  # noqa: E731
-        return metareg.TaskBatch(flat(x[:, :, :s]), flat(y[:, :, :s]), flat(x[:, :, s:]), flat(y[:, :, s:]), ids)
-
-    def train_batch(self, generator):
-        ids = torch.randint(3, (self.config.meta_batch,), generator=generator)
-        return self._tasks(self.config.meta_batch, self.config.query, generator, ids)
-
-    def eval_batch(self, generator, num_tasks, split="test"):
-        return self._tasks(num_tasks, self.config.eval_query, generator, None)
-
-
 @pytest.fixture
-def manager():
-    @metareg.hookimpl
-    def register_benchmarks(register):
-        register(IdBlobs)
+def manager(blobs_manager):
+    return blobs_manager
 
-    m = plugins.PluginManager()
-    m.load_entry_points()
-    m.add(types.SimpleNamespace(register_benchmarks=register_benchmarks), name="id_blobs_plugin")
-    return m
+
+# blobs whose training tasks carry one of 3 cluster ids (combiners with per-task state need them)
+ID_BLOBS = {"benchmark.query": 3, "benchmark.eval_query": 3, "benchmark.dim": 6, "benchmark.hidden": 16,
+            "benchmark.num_ids": 3}
 
 
 @pytest.mark.parametrize("algo,over", [("protonet", {}), ("protonet", {"distance": "cosine"}), ("matching_net", {}),
                                        ("relation_net", {})])
 def test_metric_per_episode_gradients_equal_one_episode_at_a_time(algo, over, manager):
-    learner, batch = _build(algo, "id_blobs", manager, combiner="pcgrad", **over)
+    learner, batch = _build(algo, "blobs", manager, combiner="pcgrad", **ID_BLOBS, **over)
     rec = _record(learner)
     learner.zero_grad()
     learner.step(batch)
@@ -280,7 +244,7 @@ def test_metric_per_episode_gradients_equal_one_episode_at_a_time(algo, over, ma
     for a, b in zip(got_rest, rest_sum):
         torch.testing.assert_close(a, b / batch.num_tasks, rtol=1e-10, atol=1e-12)
     # and the plain step's gradient is the same mean
-    plain, _ = _build(algo, "id_blobs", manager, **over)
+    plain, _ = _build(algo, "blobs", manager, **ID_BLOBS, **over)
     plain.zero_grad()
     plain.step(batch)
     torch.testing.assert_close(plain.theta.grad, want.mean(0), rtol=1e-10, atol=1e-12)
@@ -288,8 +252,8 @@ def test_metric_per_episode_gradients_equal_one_episode_at_a_time(algo, over, ma
 
 def test_metric_adversarial_reverses_the_embedding_gradient(manager):
     w = 0.4
-    plain, batch = _build("protonet", "id_blobs", manager)
-    adv, _ = _build("protonet", "id_blobs", manager, adversarial=w)
+    plain, batch = _build("protonet", "blobs", manager, **ID_BLOBS)
+    adv, _ = _build("protonet", "blobs", manager, adversarial=w, **ID_BLOBS)
     for lr in (plain, adv):
         lr.zero_grad()
         lr.step(batch)

@@ -1,7 +1,6 @@
 """Metric-based learners on a small synthetic classification family (Gaussian blobs), checked
 against their papers' formulas written out one task and one class at a time."""
 
-import types
 
 import pytest
 import torch
@@ -11,50 +10,9 @@ from metareg import plugins
 from metareg.runner import Run
 
 
-@metareg.config
-class BlobsConfig:
-    ways: int = metareg.param(3, "classes per task", ge=2)
-    shots: int = metareg.param(2, "support examples per class", ge=1)
-    query: int = metareg.param(4, "query examples per class", ge=1)
-    meta_batch: int = metareg.param(4, "tasks per batch", ge=1)
-    eval_query: int = metareg.param(4, "query examples per class at evaluation", ge=1)
-
-
-@metareg.benchmark("blobs", summary="Gaussian blobs", config=BlobsConfig, provides={"episodic", "classification"},
-                   metric="accuracy")
-class Blobs(metareg.TaskDistribution):
-    def __init__(self, config):
-        super().__init__(config)
-        self.info = metareg.TaskInfo(input_shape=(8,), output_dim=config.ways, loss="cross_entropy", metric="accuracy",
-                                     backbone_options=(("hidden", (32, 32)),))
-
-    def _tasks(self, t, query, g):
-        c = self.config
-        centers = torch.randn(t, c.ways, 1, 8, generator=g) * 2.0
-        n = c.shots + query
-        x = centers + torch.randn(t, c.ways, n, 8, generator=g)
-        y = torch.arange(c.ways).view(1, c.ways, 1).expand(t, c.ways, n)
-        s = c.shots
-        flat = lambda a: a.reshape(t, -1, *a.shape[3:])  # noqa: E731
-        return metareg.TaskBatch(flat(x[:, :, :s]), flat(y[:, :, :s]), flat(x[:, :, s:]), flat(y[:, :, s:]))
-
-    def train_batch(self, generator):
-        return self._tasks(self.config.meta_batch, self.config.query, generator)
-
-    def eval_batch(self, generator, num_tasks, split="test"):
-        return self._tasks(num_tasks, self.config.eval_query, generator)
-
-
 @pytest.fixture
-def manager():
-    @metareg.hookimpl
-    def register_benchmarks(register):
-        register(Blobs)
-
-    m = plugins.PluginManager()
-    m.load_entry_points()
-    m.add(types.SimpleNamespace(register_benchmarks=register_benchmarks), name="blobs_plugin")
-    return m
+def manager(blobs_manager):
+    return blobs_manager
 
 
 def _built(algo, manager, **over):

@@ -20,59 +20,19 @@ from metareg.runner import Run
 PLUGINS = pathlib.Path(__file__).resolve().parents[1] / "plugins"
 
 
-@metareg.config
-class BlobsConfig:
-    ways: int = metareg.param(3, "classes per task", ge=2)
-    shots: int = metareg.param(2, "support examples per class", ge=1)
-    query: int = metareg.param(3, "query examples per class", ge=1)
-    meta_batch: int = metareg.param(3, "tasks per batch", ge=1)
-    eval_query: int = metareg.param(4, "query examples per class at evaluation", ge=1)
-
-
-@metareg.benchmark("blobs", summary="Gaussian blobs", config=BlobsConfig, provides={"episodic", "classification"},
-                   metric="accuracy")
-class Blobs(metareg.TaskDistribution):
-    def __init__(self, config):
-        super().__init__(config)
-        self.info = metareg.TaskInfo(input_shape=(6,), output_dim=config.ways, loss="cross_entropy", metric="accuracy",
-                                     backbone_options=(("hidden", (16, 16)),))
-
-    def _tasks(self, t, query, g):
-        c = self.config
-        centers = torch.randn(t, c.ways, 1, 6, generator=g) * 2.0
-        n = c.shots + query
-        x = centers + torch.randn(t, c.ways, n, 6, generator=g)
-        y = torch.arange(c.ways).view(1, c.ways, 1).expand(t, c.ways, n)
-        s = c.shots
-        flat = lambda a: a.reshape(t, -1, *a.shape[3:])  # noqa: E731
-        return metareg.TaskBatch(flat(x[:, :, :s]), flat(y[:, :, :s]), flat(x[:, :, s:]), flat(y[:, :, s:]))
-
-    def train_batch(self, generator):
-        return self._tasks(self.config.meta_batch, self.config.query, generator)
-
-    def eval_batch(self, generator, num_tasks, split="test"):
-        return self._tasks(num_tasks, self.config.eval_query, generator)
-
-
 @pytest.fixture
-def manager():
-    @metareg.hookimpl
-    def register_benchmarks(register):
-        register(Blobs)
-
-    m = plugins.PluginManager()
-    m.load_entry_points()
-    m.add(types.SimpleNamespace(register_benchmarks=register_benchmarks), name="blobs_plugin")
-    return m
+def manager(blobs_manager):
+    return blobs_manager
 
 
+SMALL_BLOBS = {"benchmark.query": 3, "benchmark.meta_batch": 3, "benchmark.dim": 6, "benchmark.hidden": 16}
 SMALL_SINUSOID = {"benchmark.shots": 4, "benchmark.query": 3, "benchmark.meta_batch": 3}
 SMALL_NETS = {"cnp": {"encoder_hidden": (8,), "rep_dim": 6, "decoder_hidden": (8,)},
               "fast_weights": {"key_dim": 5, "generator_hidden": 4}}
 
 
 def _built(algo, bench, manager, **over):
-    base = SMALL_SINUSOID if bench == "sinusoid" else {}
+    base = SMALL_SINUSOID if bench == "sinusoid" else SMALL_BLOBS
     r = Run(algo, bench, {"dtype": "float64", **base, **SMALL_NETS[algo], **over}, manager=manager)
     r.build()
     batch = r.bench.train_batch(torch.Generator().manual_seed(0)).to("cpu", torch.float64)
@@ -312,8 +272,7 @@ def test_prediction_shapes(algo, bench, out, manager):
 @pytest.mark.parametrize("bench,metric", [("sinusoid", "mse"), ("blobs", "accuracy")])
 def test_tiny_run_reports_one_plain_metric(algo, bench, metric, manager):
     over = {"steps": 3, "eval_tasks": 6, "val_every": 0, "eval_chunk": 4, **SMALL_NETS[algo]}
-    if bench == "sinusoid":
-        over.update(SMALL_SINUSOID)
+    over.update(SMALL_SINUSOID if bench == "sinusoid" else SMALL_BLOBS)
     s = Run(algo, bench, over, manager=manager).execute(progress=False)
     assert s["status"] == "completed" and s["eval_tasks"] == 6
     assert math.isfinite(s[metric]) and f"{metric}_ci95" in s
@@ -323,7 +282,7 @@ def test_tiny_run_reports_one_plain_metric(algo, bench, metric, manager):
 @pytest.mark.parametrize("algo,over", [("cnp", {}), ("cnp", {"conditioning": "concat"}), ("fast_weights", {}),
                                        ("fast_weights", {"generator": "metanet"})])
 def test_learns_blobs_far_above_chance(algo, over, manager):
-    s = Run(algo, "blobs", {"steps": 150, "eval_tasks": 200, "val_every": 0, "lr": 3e-3, **over},
+    s = Run(algo, "blobs", {"steps": 150, "eval_tasks": 200, "val_every": 0, "lr": 3e-3, **SMALL_BLOBS, **over},
             manager=manager).execute(progress=False)
     assert s["accuracy"] > 0.6, s  # chance is 1/3
 
