@@ -18,6 +18,7 @@ from metareg.errors import IncompatibleError
 from metareg.learners import Combiner, LearnerContext
 from metareg.learners.meta_batch import MetaBatchObjective
 from metareg.runner import Run
+from reference_mlp import mlp
 
 D = torch.float64
 
@@ -47,35 +48,16 @@ def _build(algo, bench="sinusoid", manager=None, **over):
 
 
 # -- the MAML family against a hand-written per-task loop (MLP 1-40-40-1 on sinusoid) ---------------
-def _unflatten(theta):
-    out, off = [], 0
-    for o, i in [(40, 1), (40, 40), (1, 40)]:
-        w = theta[off: off + o * i].view(o, i)
-        off += o * i
-        out.append((w, theta[off: off + o]))
-        off += o
-    return out
-
-
-def _mlp(theta, x):
-    layers = _unflatten(theta)
-    for j, (w, b) in enumerate(layers):
-        x = F.linear(x, w, b)
-        if j < len(layers) - 1:
-            x = torch.relu(x)
-    return x
-
-
 def _task_loss(theta, batch, i, lr, steps, first_order, head_only=False):
     """Query loss of task i after `steps` inner steps from theta, one task alone."""
     fast = theta
     for _ in range(steps):
-        loss = F.mse_loss(_mlp(fast, batch.support_x[i]), batch.support_y[i])
+        loss = F.mse_loss(mlp(fast, batch.support_x[i]), batch.support_y[i])
         (g,) = torch.autograd.grad(loss, fast, create_graph=not first_order)
         if head_only:
             g = torch.cat([torch.zeros_like(g[:-41]), g[-41:]])
         fast = fast - lr * (g.detach() if first_order else g)
-    return F.mse_loss(_mlp(fast, batch.query_x[i]), batch.query_y[i])
+    return F.mse_loss(mlp(fast, batch.query_x[i]), batch.query_y[i])
 
 
 @pytest.mark.parametrize("algo,steps", [("maml", 1), ("maml", 3), ("fomaml", 2), ("anil", 2), ("meta_sgd", 1)])
@@ -115,7 +97,7 @@ def test_reptile_rows_are_the_per_task_displacements():
     for i in range(batch.num_tasks):
         fast = theta.clone().requires_grad_()
         for _ in range(3):
-            (g,) = torch.autograd.grad(F.mse_loss(_mlp(fast, x[i]), y[i]), fast)
+            (g,) = torch.autograd.grad(F.mse_loss(mlp(fast, x[i]), y[i]), fast)
             fast = (fast - learner.config.inner_lr * g).detach().requires_grad_()
         rows.append(theta - fast.detach())
     torch.testing.assert_close(rec.jac, torch.stack(rows), rtol=1e-10, atol=1e-12)

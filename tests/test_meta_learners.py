@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from metareg.runner import Run
+from reference_mlp import mlp
 
 
 def _build(algo, overrides=None, bench="sinusoid"):
@@ -22,28 +23,6 @@ def _batch(run, seed=0):
     return run.bench.train_batch(torch.Generator().manual_seed(seed)).to("cpu", torch.float64)
 
 
-def _unflatten(theta):
-    """theta [P] -> list of (weight, bias) for the 1-40-40-1 MLP, by hand."""
-    shapes = [(40, 1), (40, 40), (1, 40)]
-    out, off = [], 0
-    for o, i in shapes:
-        w = theta[off: off + o * i].view(o, i)
-        off += o * i
-        b = theta[off: off + o]
-        off += o
-        out.append((w, b))
-    assert off == theta.numel()
-    return out
-
-
-def _mlp(layers, x):
-    for j, (w, b) in enumerate(layers):
-        x = F.linear(x, w, b)
-        if j < len(layers) - 1:
-            x = torch.relu(x)
-    return x
-
-
 def _loop_maml(theta, batch, lr, steps, first_order, head_only=False, lr_vec=None):
     """Meta-gradient of the mean query loss, one task at a time."""
     total = 0.0
@@ -52,7 +31,7 @@ def _loop_maml(theta, batch, lr, steps, first_order, head_only=False, lr_vec=Non
     for i in range(t):
         fast = theta
         for _ in range(steps):
-            loss = F.mse_loss(_mlp(_unflatten(fast), batch.support_x[i]), batch.support_y[i])
+            loss = F.mse_loss(mlp(fast, batch.support_x[i]), batch.support_y[i])
             if head_only:
                 (g,) = torch.autograd.grad(loss, fast, create_graph=not first_order)
                 g = torch.cat([torch.zeros_like(g[:-n_head]), g[-n_head:]])
@@ -61,7 +40,7 @@ def _loop_maml(theta, batch, lr, steps, first_order, head_only=False, lr_vec=Non
             if first_order:
                 g = g.detach()
             fast = fast - (lr_vec if lr_vec is not None else lr) * g
-        total = total + F.mse_loss(_mlp(_unflatten(fast), batch.query_x[i]), batch.query_y[i])
+        total = total + F.mse_loss(mlp(fast, batch.query_x[i]), batch.query_y[i])
     return total / t
 
 
@@ -113,7 +92,7 @@ def test_reptile_update_equals_loop():
         w = theta.clone()
         for _ in range(3):
             w.requires_grad_()
-            (g,) = torch.autograd.grad(F.mse_loss(_mlp(_unflatten(w), x), y), w)
+            (g,) = torch.autograd.grad(F.mse_loss(mlp(w, x), y), w)
             w = (w - 0.02 * g).detach()
         finals.append(w)
     torch.testing.assert_close(learner.theta.grad, theta - torch.stack(finals).mean(0), rtol=1e-10, atol=1e-12)
@@ -136,10 +115,10 @@ def test_adapt_predict_matches_loop_and_leaves_params_alone(algo):
         w = theta.clone()
         for k in range(1, 4):
             w.requires_grad_()
-            (g,) = torch.autograd.grad(F.mse_loss(_mlp(_unflatten(w), batch.support_x[i]), batch.support_y[i]), w)
+            (g,) = torch.autograd.grad(F.mse_loss(mlp(w, batch.support_x[i]), batch.support_y[i]), w)
             w = (w - 0.02 * g).detach()
             if k in (1, 3):
-                torch.testing.assert_close(preds[k][i], _mlp(_unflatten(w), batch.query_x[i]))
+                torch.testing.assert_close(preds[k][i], mlp(w, batch.query_x[i]))
 
 
 def test_batched_forward_equals_per_task(f64):
@@ -150,9 +129,9 @@ def test_batched_forward_equals_per_task(f64):
     x = torch.randn(5, 7, 1, dtype=torch.float64)
     out = net(params, x)
     for i in range(5):
-        torch.testing.assert_close(out[i], _mlp(_unflatten(params[i]), x[i]))
+        torch.testing.assert_close(out[i], mlp(params[i], x[i]))
     shared = net(params[0], x)
-    torch.testing.assert_close(shared[3], _mlp(_unflatten(params[0]), x[3]))
+    torch.testing.assert_close(shared[3], mlp(params[0], x[3]))
 
 
 def test_inner_update_goes_through_task_step(monkeypatch):

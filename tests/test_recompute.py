@@ -16,6 +16,7 @@ from metareg.nets.conv import conv4
 from metareg.plugins import get_registry
 from metareg.runner import Run
 from metareg.tasks import TaskBatch, TaskInfo
+from reference_mlp import mlp
 
 D = torch.float64
 
@@ -26,36 +27,18 @@ def _build(algo, **over):
     return run.learner, run.bench.train_batch(torch.Generator().manual_seed(0)).to("cpu", D)
 
 
-def _unflatten(theta):
-    out, off = [], 0
-    for o, i in [(40, 1), (40, 40), (1, 40)]:
-        w = theta[off: off + o * i].view(o, i)
-        off += o * i
-        out.append((w, theta[off: off + o]))
-        off += o
-    return out
-
-
-def _mlp(layers, x):
-    for j, (w, b) in enumerate(layers):
-        x = F.linear(x, w, b)
-        if j < len(layers) - 1:
-            x = torch.relu(x)
-    return x
-
-
 def _loop_losses(theta, batch, lr, steps, head_only=False):
     """Per-task query losses [T] after ``steps`` second-order inner steps, one task at a time."""
     out = []
     for i in range(batch.num_tasks):
         fast = theta if theta.dim() == 1 else theta[i]
         for _ in range(steps):
-            (g,) = torch.autograd.grad(F.mse_loss(_mlp(_unflatten(fast), batch.support_x[i]), batch.support_y[i]),
+            (g,) = torch.autograd.grad(F.mse_loss(mlp(fast, batch.support_x[i]), batch.support_y[i]),
                                        fast, create_graph=True)
             if head_only:
                 g = torch.cat([torch.zeros_like(g[:-41]), g[-41:]])
             fast = fast - lr * g
-        out.append(F.mse_loss(_mlp(_unflatten(fast), batch.query_x[i]), batch.query_y[i]))
+        out.append(F.mse_loss(mlp(fast, batch.query_x[i]), batch.query_y[i]))
     return torch.stack(out)
 
 
