@@ -50,11 +50,7 @@ class IMAML(GradientMetaLearner):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        mo = self.meta_objective
-        if not (mo.plain or mo.needs_jacobian):
-            raise metareg.errors.IncompatibleError(
-                f"imaml forms its per-task meta-gradients itself: combiner '{config.combiner}' weights task losses; "
-                "use a gradient combiner (pcgrad, mgda, ...), which aggregates the per-task implicit gradients.")
+        self.meta_objective.require_rows("imaml", "implicit gradients")
 
     # -- the proximal inner problem ---------------------------------------------------------
     def inner_loop(self, fast, feats, y, steps, *, create_graph, lr=None, keep=()):

@@ -37,11 +37,7 @@ class Reptile(GradientMetaLearner):
 
     def __init__(self, config, context):
         super().__init__(config, context)
-        mo = self.meta_objective
-        if not (mo.plain or mo.needs_jacobian):
-            raise metareg.errors.IncompatibleError(
-                f"reptile has no loss to weight: combiner '{config.combiner}' weights task losses; use a gradient "
-                "combiner (pcgrad, mgda, ...), which aggregates the per-task displacements theta - W_t.")
+        self.meta_objective.require_rows("reptile", "displacements theta - W_t")
 
     def step(self, batch):
         # Reptile trains on all of a task's data: support and query together

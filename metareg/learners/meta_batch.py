@@ -103,6 +103,7 @@ class MetaBatchObjective(nn.Module):
         elif name != "equal":
             raise IncompatibleError(f"combiner '{name}' asked for, but this learner was built without "
                                     "context.make_combiner (build it through metareg.runner.Run).")
+        self.name = name
         c = self.combiner
         #: a gradient combiner: the per-task meta-gradients [T, P] are formed
         self.needs_jacobian = bool(c is not None and c.needs_jacobian)
@@ -125,6 +126,14 @@ class MetaBatchObjective(nn.Module):
             g = torch.Generator().manual_seed(context.generator.initial_seed() + 0x5EED)
             self.disc_net = FunctionalNet([Linear(feature_dim, m)], out_dim=m)
             self.disc = nn.Parameter(self.disc_net.init_flat(g, dtype=context.dtype).to(context.device))
+
+    def require_rows(self, learner: str, rows: str) -> None:
+        """For learners without one loss to weight (they form per-task update rows themselves):
+        refuse a loss-weighting combiner, naming what a gradient combiner would aggregate."""
+        if not (self.plain or self.needs_jacobian):
+            raise IncompatibleError(
+                f"{learner} has no task losses to weight: combiner '{self.name}' weights task losses; use a gradient "
+                f"combiner (pcgrad, mgda, ...), which aggregates the per-task {rows}.")
 
     @property
     def adversarial(self) -> bool:
