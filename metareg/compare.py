@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,9 +22,10 @@ from typing import Any
 
 from .errors import ConfigError
 from .evaluate import metric_name
+from .io import write_atomic, write_json
 from .overrides import Overrides, split_per_algorithm
 from .plugins import PluginManager, get_manager
-from .runner import RunConfig, write_json_atomic
+from .runner import RunConfig
 from .text import table
 
 __all__ = ["split_overrides", "check_names", "aggregate", "paradigm_check", "report_tables", "write_report",
@@ -364,20 +366,17 @@ def write_report(out: Path, data: Mapping[str, Any], text_md: str) -> list[Path]
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    tmp = out / "report.md.tmp"
-    tmp.write_text(text_md)
-    tmp.replace(out / "report.md")
+    write_atomic(out / "report.md", text_md.encode(), what="the report")
     written.append(out / "report.md")
-    write_json_atomic(out / "compare.json", data)
+    write_json(out / "compare.json", data, what="the comparison")
     written.append(out / "compare.json")
     rows = data["csv"]
     if rows:
-        tmp = out / "compare.csv.tmp"
-        with tmp.open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0].keys()))
-            w.writeheader()
-            w.writerows(rows)
-        tmp.replace(out / "compare.csv")
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].keys()))
+        w.writeheader()
+        w.writerows(rows)
+        write_atomic(out / "compare.csv", buf.getvalue().encode(), what="the comparison table")
         written.append(out / "compare.csv")
     written += plot_all(out / "plots", data)
     return written

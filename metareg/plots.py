@@ -24,10 +24,16 @@ def _plt():
 
 
 def _save(fig, path: Path) -> Path:
+    """Render, write atomically (never through a planted symlink) and close the figure."""
+    import io
+
+    from .io import write_atomic
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    _plt().close(fig)
+    write_atomic(path, buf.getvalue(), what="a plot")
     return path
 
 
@@ -90,9 +96,7 @@ def plot_shots(path: Path, data: Mapping[str, Any]) -> Path:
     fig.suptitle(f"{data['metric']} against shots; learners that take steps: after the adaptation steps "
                  "their validation tasks chose", fontsize=10)
     fig.tight_layout()
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_adaptation(path: Path, data: Mapping[str, Any]) -> Path:
@@ -125,9 +129,7 @@ def plot_adaptation(path: Path, data: Mapping[str, Any]) -> Path:
             ax.legend(fontsize=8)
     axes[0][0].set_ylabel(_scale(axes[0], means, _ylabel(data, "new-task")))
     fig.tight_layout()
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_cost(path: Path, data: Mapping[str, Any]) -> Path:
@@ -160,9 +162,7 @@ def plot_cost(path: Path, data: Mapping[str, Any]) -> Path:
         fig.legend(handles, labels, loc="upper center", ncol=min(len(labels), 5), fontsize=8)
     fig.suptitle(f"cost on {data['benchmark']} (bars: mean over seeds; whiskers: range)", fontsize=10, y=0.02, va="bottom")
     fig.tight_layout(rect=(0, 0.05, 1, 0.9))
-    path = _save(fig, path)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def plot_all(folder: Path, data: Mapping[str, Any]) -> list[Path]:

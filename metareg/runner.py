@@ -39,7 +39,7 @@ from .io import AppendLog, FolderLock, describe_os_error, save_torch, write_json
 from .learners.base import LearnerContext
 from .plugins import PluginManager, get_manager
 
-__all__ = ["RunConfig", "Run", "write_json_atomic", "load_run", "make_optimizer"]
+__all__ = ["RunConfig", "Run", "load_run", "make_optimizer"]
 
 log = logging.getLogger(__name__)
 
@@ -83,11 +83,6 @@ class RunConfig:
             raise ConfigError(f"eval_steps must be non-negative step counts like [0, 1, 10], got {list(self.eval_steps)}.")
         if self.device != "cpu" and not self.device.startswith(("cuda", "mps", "xpu")):
             raise ConfigError(f"device must be cpu or cuda[:N], got {self.device!r}.")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Strict JSON, written atomically (kept for callers of the old name; see :mod:`metareg.io`)."""
-    write_json(path, obj)
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -282,7 +282,8 @@ def is_complete(p: PlannedRun, out: Path, shots: Sequence[int]) -> bool:
 
 def run_one(spec: Mapping[str, Any], manager=None) -> dict[str, Any]:
     """Train (unless done) and evaluate one planned run; the body of the worker process."""
-    from .runner import Run, load_run, write_json_atomic
+    from .io import write_json
+    from .runner import Run, load_run
 
     run_dir, eval_dir, key = Path(spec["run_dir"]), Path(spec["eval_dir"]), spec["key"]
     run = Run(spec["algorithm"], spec["benchmark"], Overrides(*spec["layers"]), out=run_dir, manager=manager)
@@ -317,7 +318,7 @@ def run_one(spec: Mapping[str, Any], manager=None) -> dict[str, Any]:
             res = evaluate_at_shots(base, summary, k, new=own)
         except MetaregError as e:
             res = {"shots": k, "error": str(e)}
-        write_json_atomic(path, {"key": key, **res})
+        write_json(path, {"key": key, **res})
     return {"status": "completed", "trained": trained}
 
 
