@@ -93,7 +93,9 @@ class _TensorBoard:
 
 class _CSV:
     def __init__(self, folder):
-        self.fh = (folder / "track.csv").open("a", newline="")
+        # never through a symlink planted in the run folder (as metareg's own files)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_APPEND | getattr(os, "O_NOFOLLOW", 0)
+        self.fh = os.fdopen(os.open(folder / "track.csv", flags, 0o644), "a", newline="")
         self.w = csv.writer(self.fh)
         if self.fh.tell() == 0:
             self.w.writerow(("step", "name", "value"))
