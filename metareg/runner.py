@@ -293,6 +293,7 @@ class Run:
         params = [p for p in self.learner.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(cfg.optimizer, params, cfg.lr)
         self.num_params = sum(p.numel() for p in params)
+        self._checked = [p.detach() for p in self.learner.parameters()]
 
     def evaluate(self, num_tasks: int, split: str = "test") -> dict[str, float]:
         """Few-shot evaluation on ``split`` tasks ("val" during training, "test" at the end)."""
@@ -386,12 +387,15 @@ class Run:
                     m = dist.mean_metrics(m)
                 if cfg.grad_clip > 0:
                     m["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.learner.parameters(), cfg.grad_clip))
-                bad = self._nonfinite(m)
+                # 'skip' must see bad gradients before they reach the parameters; 'stop' checks only the
+                # parameters after the step (a NaN or Inf gradient makes them non-finite too) and names
+                # the cause then, so a healthy step pays for one check, not two
+                bad = self._nonfinite(m) if cfg.on_nonfinite == "skip" else self._nonfinite_loss(m)
                 if bad is None:
                     self.optimizer.step()
                     broken = self._nonfinite_params()
-                    if broken is not None:  # finite gradients, non-finite parameters: nothing left to skip
-                        raise _Diverged(step, broken)
+                    if broken is not None:  # the state is not checkpointed: the last good checkpoint stays
+                        raise _Diverged(step, self._nonfinite(m) or broken)
                 if bad is not None:
                     if cfg.on_nonfinite == "stop":
                         raise _Diverged(step, bad)
@@ -517,10 +521,17 @@ class Run:
             s["allreduce_ms_per_step"] = round(1000 * self.dist.comm_time / done, 3)
         return s
 
-    def _nonfinite(self, m: Mapping[str, Any]) -> str | None:
+    @staticmethod
+    def _nonfinite_loss(m: Mapping[str, Any]) -> str | None:
         loss = m.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             return f"the training loss is {loss}"
+        return None
+
+    def _nonfinite(self, m: Mapping[str, Any]) -> str | None:
+        bad = self._nonfinite_loss(m)
+        if bad is not None:
+            return bad
         grads = [p.grad for p in self.learner.parameters() if p.grad is not None]
         if grads and not _all_finite(grads):
             names = [n for n, p in self.learner.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
@@ -528,8 +539,8 @@ class Run:
         return None
 
     def _nonfinite_params(self) -> str | None:
-        params = [p for p in self.learner.parameters()]
-        if params and not _all_finite([p.detach() for p in params]):
+        params = self._checked  # detached views of every parameter, made once in build()
+        if params and not _all_finite(params):
             names = [n for n, p in self.learner.named_parameters() if not torch.isfinite(p).all()]
             return f"the parameters {', '.join(names)} hold NaN or Inf after the optimizer step"
         return None
@@ -592,7 +603,9 @@ class Run:
 
 
 def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    # per-tensor isfinite, one sync: a norm would overflow on large but finite values
+    # per-tensor isfinite (a norm would overflow on large but finite values); one sync
+    if len(tensors) == 1:  # meta-learners keep one flat parameter vector
+        return bool(tensors[0].isfinite().all())
     return bool(torch.stack([t.isfinite().all() for t in tensors]).all())
 
 
