@@ -82,12 +82,13 @@ class Distributed:
         mean = self.mean_(local.detach().clone())
         return local + (mean - local.detach())
 
-    def any(self, flag: bool) -> bool:
+    def any(self, *flags: bool) -> tuple[bool, ...]:
+        """Each flag true on any rank, in one all-reduce (the ranks decide together)."""
         import torch.distributed as dist
 
-        t = torch.tensor([1.0 if flag else 0.0])
+        t = torch.tensor([1.0 if f else 0.0 for f in flags])
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return bool(t.item())
+        return tuple(bool(v) for v in t.tolist())
 
     def mean_metrics(self, metrics: dict[str, Any]) -> dict[str, Any]:
         """Scalar metrics averaged over ranks (what a 1-process run would log for the global batch)."""

@@ -412,7 +412,7 @@ class Run:
                                         "time_s": round(time.perf_counter() - t0, 3)})
                 budget_hit = bool(cfg.time_budget_s) and loop["train_time"] >= cfg.time_budget_s and step != cfg.steps
                 if dist is not None and cfg.time_budget_s:
-                    budget_hit = dist.any(budget_hit)  # rank 0's clock would otherwise stop it alone
+                    (budget_hit,) = dist.any(budget_hit)  # rank 0's clock would otherwise stop it alone
                 if (cfg.val_every and step % cfg.val_every == 0 and step != cfg.steps and not budget_hit
                         and (dist is None or dist.is_main)):
                     val = self.evaluate(cfg.val_tasks, split="val")
@@ -426,7 +426,7 @@ class Run:
                 by_time = bool(cfg.checkpoint_every_s) and time.monotonic() - last_save >= cfg.checkpoint_every_s
                 stop = self._signal is not None
                 if dist is not None:  # the ranks decide together: a checkpoint gathers all of them
-                    by_time, stop = dist.any(by_time), dist.any(stop)
+                    by_time, stop = dist.any(by_time, stop)
                 due = bool(cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or by_time
                 if (due or stop) and self.out is not None and step != cfg.steps:
                     self._checkpoint(ckpt_path, loop, metrics, generators)
