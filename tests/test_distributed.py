@@ -33,7 +33,7 @@ def _run(args, out, nproc=None):
     return p
 
 
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("case", [c if c != "protonet" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_two_processes_follow_one(tmp_path, case):
     one, two = tmp_path / "one", tmp_path / "two"
     _run(CASES[case], one)

@@ -109,7 +109,7 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(reference, tmp_path, at
     _same_as_reference(reference, out)
 
 
-@pytest.mark.parametrize("sig,code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("sig,code", [pytest.param("SIGINT", 130, marks=pytest.mark.slow), ("SIGTERM", 143)])
 def test_signals_save_exit_with_their_code_and_resume(reference, tmp_path, sig, code):
     out = tmp_path / "run"
     p = _child(out, sig, 20)

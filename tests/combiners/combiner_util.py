@@ -2,6 +2,8 @@
 
 import inspect
 
+import torch
+
 from metareg import plugins
 
 
@@ -21,3 +23,16 @@ def apply(combiner, jacobian, losses, task_ids=None):
             return combiner.aggregate(jacobian, losses, task_ids=task_ids)
         return combiner.aggregate(jacobian, losses)
     return combiner.loss(losses, task_ids)
+
+
+def pcgrad_oracle(j, order):
+    """Yu et al. 2020, Algorithm 1, written as the paper's loop over whole vectors."""
+    out = []
+    for i in range(j.shape[0]):
+        g = j[i].clone()
+        for k in order[i].tolist():
+            dot = g @ j[k]
+            if dot < 0:
+                g = g - dot / (j[k] @ j[k]) * j[k]
+        out.append(g)
+    return torch.stack(out)

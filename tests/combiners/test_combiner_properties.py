@@ -12,7 +12,7 @@ import math
 
 import pytest
 import torch
-from combiner_util import apply, combiner_names, make
+from combiner_util import apply, combiner_names, make, pcgrad_oracle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -123,19 +123,6 @@ def test_single_task_follows_its_gradient(name):
 
 
 # -- PCGrad ----------------------------------------------------------------------------------------
-
-def pcgrad_oracle(j, order):
-    """Yu et al. 2020, Algorithm 1, written as the paper's loop over whole vectors."""
-    out = []
-    for i in range(j.shape[0]):
-        g = j[i].clone()
-        for k in order[i].tolist():
-            dot = g @ j[k]
-            if dot < 0:
-                g = g - dot / (j[k] @ j[k]) * j[k]
-        out.append(g)
-    return torch.stack(out)
-
 
 @SETTINGS
 @given(j=jacobians(min_tasks=2, max_tasks=2, min_p=2, dtype=torch.float64))

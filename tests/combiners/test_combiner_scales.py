@@ -23,7 +23,7 @@ import math
 
 import pytest
 import torch
-from combiner_util import make
+from combiner_util import make, pcgrad_oracle
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -259,19 +259,6 @@ def test_nash_mtl_solves_the_bargaining_equation_at_any_scale(j):
 
 
 # -- PCGrad and GradVac ---------------------------------------------------------------------------
-
-def pcgrad_oracle(j, order):
-    """Yu et al. 2020, Algorithm 1, written as the paper's loop over whole vectors."""
-    out = []
-    for i in range(j.shape[0]):
-        g = j[i].clone()
-        for k in order[i].tolist():
-            dot = g @ j[k]
-            if dot < 0:
-                g = g - dot / (j[k] @ j[k]) * j[k]
-        out.append(g)
-    return torch.stack(out)
-
 
 @SETTINGS
 @given(j=scaled_jacobians(max_tasks=6), seed=st.integers(0, 1000))
