@@ -31,7 +31,6 @@ import pytest
 import torch
 
 import metareg
-from meta_conflict import manager as _manager  # registers glyph_clusters (benchmarks/meta_conflict.py)
 from metareg.runner import Run
 
 ROUNDS_SCALE = float(os.environ.get("METAREG_BENCH_ROUNDS", "1"))
@@ -72,7 +71,7 @@ def _build(setting: str, variant: str):
         extra = {"combiner": variant}
     elif variant == "rows, mean":
         extra = {"combiner": "pcgrad"}  # swapped for _RowMean below
-    run = Run(algo, bench, {"seed": 0, **over, **extra}, manager=_manager())
+    run = Run(algo, bench, {"seed": 0, **over, **extra})
     run.build()
     if variant == "rows, mean":
         mo = run.learner.meta_objective

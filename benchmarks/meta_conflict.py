@@ -12,9 +12,9 @@ steps by the combiner runs) and the time per training step.
     OMP_NUM_THREADS=1 python benchmarks/meta_conflict.py --bench relatedness --algo maml --steps 2000 \\
         --set rho=0.0 --eval-step 10
 
-``glyph_clusters`` (metareg/tasks/glyph_clusters.py) is registered here for these runs; any
-installed benchmark works too.  Variants: ``equal`` (the plain learner), a combiner name, ``adv:W``
-(adversarial weight W with the plain mean), ``NAME+adv:W``.
+``glyph_clusters`` is a built-in benchmark (plugins/glyph_clusters.py,
+metareg/tasks/glyph_clusters.py); any installed benchmark works.  Variants: ``equal`` (the plain
+learner), a combiner name, ``adv:W`` (adversarial weight W with the plain mean), ``NAME+adv:W``.
 """
 
 from __future__ import annotations
@@ -24,35 +24,14 @@ import json
 import math
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
 
 import metareg
-from metareg import plugins
 from metareg.evaluate import evaluation_generator, metric_name
 from metareg.overrides import parse_sets
 from metareg.runner import Run
-from metareg.tasks.glyph_clusters import GlyphClusters, GlyphClustersConfig
-
-glyph_clusters = metareg.benchmark(
-    "glyph_clusters", summary="glyphs episodes from K clusters of scripts, each seen through its own pixel permutation",
-    config=GlyphClustersConfig, provides={"episodic", "classification"}, metric="accuracy",
-    algorithm_defaults={"inner_lr": 0.4},
-    paper="glyphs as permuted clusters, in the spirit of permuted MNIST (Goodfellow et al. 2013)",
-)(type("GlyphClustersBenchmark", (GlyphClusters,), {"__module__": __name__}))
-
-
-def manager():
-    @metareg.hookimpl
-    def register_benchmarks(register):
-        register(glyph_clusters)
-
-    m = plugins.PluginManager()
-    m.load_entry_points()
-    m.add(types.SimpleNamespace(register_benchmarks=register_benchmarks), name="meta_conflict_script")
-    return m
 
 
 def variant_overrides(v: str) -> dict:
@@ -100,7 +79,6 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--json-out", default="")
     args = ap.parse_args()
-    m = manager()
     base = {"steps": args.steps, "seed": args.seed, "eval_tasks": args.eval_tasks, "val_every": 0,
             "checkpoint_every": 0, "checkpoint_every_s": 0, "eval_steps": [0, args.eval_step]}
     base.update(parse_sets(args.set))
@@ -111,7 +89,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     for v in args.variants:
         with tempfile.TemporaryDirectory() as tmp:
-            run = Run(args.algo, args.bench, {**base, **variant_overrides(v)}, out=Path(tmp) / "run", manager=m)
+            run = Run(args.algo, args.bench, {**base, **variant_overrides(v)}, out=Path(tmp) / "run")
             t0 = time.perf_counter()
             summary = run.execute(progress=False)
             wall = time.perf_counter() - t0

@@ -49,6 +49,7 @@ from .tasks import TaskBatch, TaskDistribution, TaskInfo, task_losses, task_metr
 from .tasks.digits import Digits, DigitsConfig  # noqa: E402
 from .tasks.episodes import ClassPool, EpisodeConfig, EpisodicImages, sample_episodes  # noqa: E402
 from .tasks.folders import MiniImageNet, MiniImageNetConfig, Omniglot, OmniglotConfig  # noqa: E402
+from .tasks.glyph_clusters import GlyphClusters, GlyphClustersConfig  # noqa: E402
 from .tasks.glyphs import Glyphs, GlyphsConfig  # noqa: E402
 from .tasks.mtl_images import DigitsMTL, DigitsMTLConfig, GlyphsMTL, GlyphsMTLConfig  # noqa: E402
 from .tasks.mtl_regression import GradNormToy, GradNormToyConfig, Relatedness, RelatednessConfig  # noqa: E402
@@ -127,6 +128,8 @@ __all__ = [
     "SinusoidMTLConfig",
     "Glyphs",
     "GlyphsConfig",
+    "GlyphClusters",
+    "GlyphClustersConfig",
     "Digits",
     "DigitsConfig",
     "Omniglot",

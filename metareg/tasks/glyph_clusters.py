@@ -15,8 +15,8 @@ through one of the same K permutations drawn per episode: the score is the mean 
 layouts the meta-learner trained on.  The default backbone is an MLP (a convolution's locality
 prior would favour cluster 0).
 
-Not a plugin yet (a built-in plugin needs an entry point in pyproject.toml);
-``benchmarks/meta_conflict.py`` registers it for its runs.
+Registered as the built-in benchmark ``glyph_clusters`` by plugins/glyph_clusters.py (used by
+benchmarks/meta_conflict.py and benchmarks/bench_meta_combiners.py).
 """
 
 from __future__ import annotations
