@@ -19,6 +19,33 @@ from pathlib import Path
 RUN = ["run", "maml", "-b", "sinusoid", "--steps", "1", "--set", "eval_tasks=2", "--set", "val_every=0"]
 
 
+def _omniglot_folder(root: Path, damage: str) -> Path:
+    """A tiny Omniglot layout (2 alphabets x 2 characters x 2 drawings per split) with one image
+    damaged: ``bomb`` (a PNG header declaring 100,000 x 100,000 pixels) or ``garbage`` bytes."""
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    for folder in ("images_background", "images_evaluation"):
+        for a in range(2):
+            for c in range(2):
+                d = root / folder / f"alpha{a}" / f"character{c + 1:02d}"
+                d.mkdir(parents=True)
+                for i in range(2):
+                    Image.new("L", (28, 28), 255 - 40 * i).save(d / f"{c:04d}_{i:02d}.png")
+    victim = root / "images_background" / "alpha1" / "character02" / "0001_01.png"
+    if damage == "garbage":
+        victim.write_bytes(b"\x00not an image")
+    else:
+        def chunk(kind: bytes, data: bytes) -> bytes:
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+        victim.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+                           + chunk(b"IEND", b""))
+    return root
+
+
 def _cases(tmp: Path) -> list[tuple[str, list[str], int]]:
     toml_conflict = tmp / "conflict.toml"
     toml_conflict.write_text("shots = 5\n[benchmark]\nshots = 3\n")
@@ -37,6 +64,10 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], int]]:
     notdict.mkdir()
     (notdict / "config.json").write_text("[1, 2, 3]")
     (notdict / "checkpoint.pt").write_bytes(b"junk")
+    omni = ["run", "protonet", "-b", "omniglot", "--steps", "1", "--set", "split=lake", "--set", "ways=2",
+            "--set", "shots=1", "--set", "query=1"]
+    bomb = _omniglot_folder(tmp / "omniglot_bomb", "bomb")
+    garbage = _omniglot_folder(tmp / "omniglot_garbage", "garbage")
     return [
         ("negative seed", [*RUN, "--seed", "-1"], 2),
         ("seed past the 64-bit range", [*RUN, "--seed", str(2**64)], 2),
@@ -61,6 +92,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], int]]:
         ("classification learner on regression", ["run", "protonet", "-b", "sinusoid", "--steps", "1"], 2),
         ("image backbone on vectors", [*RUN, "--set", "backbone=conv4"], 2),
         ("dataset folder missing", ["run", "protonet", "-b", "omniglot", "--steps", "1", "--set", "data_dir=/nonexistent"], 2),
+        ("decompression bomb in a dataset folder", [*omni, "--set", f"data_dir={bomb}"], 2),
+        ("unreadable image in a dataset folder", [*omni, "--set", f"data_dir={garbage}"], 2),
         ("cuda without a GPU", [*RUN, "--device", "cuda"], 2),
         ("crafted config.json (wrong types)", ["eval", str(crafted)], 2),
         ("crafted config.json (huge eval_tasks)", ["eval", str(huge)], 2),

@@ -42,15 +42,30 @@ def _root(data_dir: str, sub: str, layout: str, name: str) -> Path:
 
 
 def _read_image(path: Path, mode: str, size: int, layout: str) -> np.ndarray:
+    import warnings
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():
+            # PIL warns between MAX_IMAGE_PIXELS and twice that and raises above; both are refused
+            # below, before anything is decoded (the header alone gives the size)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im_file = Image.open(path)
+        with im_file as im:
+            w, h = im.size
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit and w * h > limit:
+                raise DataError(f"image {path} declares {w}x{h} pixels, more than the {limit} that metareg decodes (a "
+                                f"decompression bomb, or not a few-shot image); remove it or shrink it. Expected "
+                                f"{layout}.")
             im = im.convert(mode)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.LANCZOS)
             return np.asarray(im, np.uint8)
-    except (OSError, UnidentifiedImageError, ValueError) as e:
+    except Image.DecompressionBombError as e:
+        raise DataError(f"image {path} is too large to decode ({e}); remove it or shrink it.") from None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, EOFError) as e:
         raise DataError(f"cannot read image {path} ({e}); expected a readable image in the layout {layout}.") from None
 
 

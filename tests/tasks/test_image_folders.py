@@ -104,3 +104,34 @@ def test_miniimagenet_errors(tmp_path, damage, match):
     damage(root)
     with pytest.raises(DataError, match=match):
         MiniImageNet(MiniImageNetConfig(data_dir=str(root), size=16, ways=2, shots=1, query=1))
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header declares width x height and whose pixel data never comes: what a
+    decompression bomb looks like to a reader that trusts the header."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    body = zlib.compress(b"\x00" * 64)  # far less than the header promises
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [12_000, 100_000])  # PIL warns at the first size, raises at the second
+def test_a_decompression_bomb_is_a_data_error_naming_the_file(tmp_path, side):
+    root = _omniglot(tmp_path)
+    victim = next((root / "omniglot" / "images_background").rglob("*.png"))
+    _png_header_only(victim, side, side)
+    with pytest.raises(DataError, match=rf"{victim.name}.*{side}x{side}|{victim.name}.*too large"):
+        Omniglot(OmniglotConfig(data_dir=str(root), ways=2, shots=1, query=1, split="lake"))
+
+
+def test_a_truncated_image_is_a_data_error_naming_the_file(tmp_path):
+    root = _mini(tmp_path)
+    victim = next((root / "images").glob("ntrain*"))
+    victim.write_bytes(victim.read_bytes()[:40])  # a JPEG cut short after its header
+    with pytest.raises(DataError, match=victim.name):
+        MiniImageNet(MiniImageNetConfig(data_dir=str(root), size=16, ways=2, shots=1, query=1))
