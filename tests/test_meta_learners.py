@@ -13,9 +13,11 @@ from metareg.runner import Run
 from reference_mlp import mlp
 
 
-def _build(algo, overrides=None, bench="sinusoid"):
+def _build(algo, overrides=None, bench="sinusoid", path="explicit"):
     run = Run(algo, bench, {"dtype": "float64", "seed": 3, **(overrides or {})})
     run.build()
+    if path == "autograd":  # the unrolled graph through the autograd engine
+        run.learner.explicit_meta_gradient = False
     return run
 
 
@@ -44,10 +46,13 @@ def _loop_maml(theta, batch, lr, steps, first_order, head_only=False, lr_vec=Non
     return total / t
 
 
+@pytest.mark.parametrize("path", ["explicit", "autograd"])
 @pytest.mark.parametrize("algo,steps", [("maml", 1), ("maml", 3), ("fomaml", 1), ("fomaml", 2), ("anil", 2)])
-def test_meta_gradient_equals_per_task_loop(algo, steps):
-    run = _build(algo, {"inner_steps": steps, "inner_lr": 0.05})
+def test_meta_gradient_equals_per_task_loop(algo, steps, path):
+    run = _build(algo, {"inner_steps": steps, "inner_lr": 0.05}, path=path)
     learner, batch = run.learner, _batch(run)
+    # the closed-form path is taken wherever it applies (ANIL adapts only the head: never)
+    assert learner._explicit == (path == "explicit" and algo != "anil")
     learner.zero_grad()
     learner.step(batch)
     got = learner.theta.grad.clone()
@@ -66,18 +71,38 @@ def test_second_order_differs_from_first_order():
     assert not torch.allclose(a.learner.theta.grad, b.learner.theta.grad)
 
 
-def test_meta_sgd_gradients_for_theta_and_alpha():
-    run = _build("meta_sgd", {"inner_lr": 0.03})
+@pytest.mark.parametrize("path", ["explicit", "autograd"])
+def test_meta_sgd_gradients_for_theta_and_alpha(path):
+    run = _build("meta_sgd", {"inner_lr": 0.03, "inner_steps": 2}, path=path)
     learner, batch = run.learner, _batch(run)
+    assert learner._explicit == (path == "explicit")
     with torch.no_grad():
         learner.alpha.uniform_(0.01, 0.05, generator=torch.Generator().manual_seed(1))
     learner.step(batch)
     theta = learner.theta.detach().clone().requires_grad_()
     alpha = learner.alpha.detach().clone().requires_grad_()
-    loss = _loop_maml(theta, batch, None, 1, first_order=False, lr_vec=alpha)
+    loss = _loop_maml(theta, batch, None, 2, first_order=False, lr_vec=alpha)
     gt, ga = torch.autograd.grad(loss, (theta, alpha))
     torch.testing.assert_close(learner.theta.grad, gt, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(learner.alpha.grad, ga, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("algo,steps", [("maml", 2), ("fomaml", 2), ("meta_sgd", 1)])
+def test_closed_form_meta_gradient_on_classification_equals_autograd(algo, steps):
+    """Cross-entropy (softmax Hessian) and a Flatten layer: glyphs through the MLP backbone."""
+    cfg = {"inner_steps": steps, "backbone": "mlp", "meta_batch": 3, "inner_lr": 0.3}
+    a, b = _build(algo, cfg, bench="glyphs"), _build(algo, cfg, bench="glyphs", path="autograd")
+    assert a.learner._explicit and not b.learner._explicit
+    batch = _batch(a)
+    out = [r.learner.step(batch) for r in (a, b)]
+    assert out[0]["loss"] == pytest.approx(out[1]["loss"], rel=1e-12)
+    for pa, pb in zip(a.learner.parameters(), b.learner.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, rtol=1e-10, atol=1e-13)
+
+
+def test_closed_form_path_is_not_taken_where_it_would_change_the_objective():
+    assert not _build("maml", {"combiner": "pcgrad"}).learner._explicit
+    assert not _build("maml", bench="glyphs", overrides={"meta_batch": 2}).learner._explicit  # conv4: no R-operators
 
 
 def test_reptile_update_equals_loop():
@@ -145,7 +170,25 @@ def test_inner_update_goes_through_task_step(monkeypatch):
         return real(p, g, lr)
 
     monkeypatch.setattr(ops, "task_step", spy)
-    run = _build("maml", {"inner_steps": 2})
+    run = _build("maml", {"inner_steps": 2}, path="autograd")
     run.learner.step(_batch(run))
     # one call per inner step, covering all 25 tasks and every parameter tensor at once
     assert calls == [((1761,), (25, 1761)), ((25, 1761), (25, 1761))]
+
+
+def test_compile_where_the_closed_form_does_not_apply_warns_and_still_trains():
+    run = _build("maml", {"combiner": "pcgrad", "compile": True})
+    with pytest.warns(UserWarning, match="compile=true ignored"):
+        run.learner.step(_batch(run))
+    assert torch.isfinite(run.learner.theta.grad).all()
+
+
+@pytest.mark.slow  # torch.compile takes 15-50 s on this CPU
+def test_compiled_meta_gradient_equals_per_task_loop():
+    run = _build("maml", {"inner_steps": 2, "inner_lr": 0.05, "compile": True})
+    learner, batch = run.learner, _batch(run)
+    learner.step(batch)
+    assert "_compiled_fn" in learner.__dict__
+    theta = learner.theta.detach().clone().requires_grad_()
+    (want,) = torch.autograd.grad(_loop_maml(theta, batch, 0.05, 2, first_order=False), theta)
+    torch.testing.assert_close(learner.theta.grad, want, rtol=1e-10, atol=1e-12)

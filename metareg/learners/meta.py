@@ -19,6 +19,7 @@ step is the plain meta-gradient of the mean query loss, computed as before.
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import torch
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import config, param
 from ..errors import IncompatibleError
-from ..tasks.base import TaskBatch
+from ..tasks.base import TaskBatch, task_losses
 from .base import Learner, LearnerContext
 from .meta_batch import MetaBatchObjective
 
@@ -52,6 +53,10 @@ class GradientMetaConfig:
     task_chunk: int = param(0, "run the meta-batch this many tasks at a time, each chunk's share of the loss "
                                "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
                                "instead of the whole meta-batch; 0: all at once)", ge=0)
+    compile: bool = param(False, "compile the closed-form meta-gradient (MLP backbones, plain mean objective, "
+                                 "whole-network adaptation) with torch.compile: about 2x faster outer steps on small "
+                                 "networks after a one-off compilation of 15-45 s (inductor; needs a C++ compiler on "
+                                 "CPU); elsewhere ignored with a warning")
 
 
 class GradientMetaLearner(Learner):
@@ -59,6 +64,9 @@ class GradientMetaLearner(Learner):
     capabilities = frozenset({"second_order", "first_order", "fast_weights"})
     #: index of the first layer adapted in the inner loop (0: all of them)
     adapt_from_layer: int = 0
+    #: form the plain meta-gradient in closed form (:func:`explicit_meta_gradient`) wherever the
+    #: network and the configuration allow it; False: always through the autograd engine
+    explicit_meta_gradient: bool = True
 
     def __init__(self, config, context: LearnerContext) -> None:
         super().__init__(config, context)
@@ -81,6 +89,22 @@ class GradientMetaLearner(Learner):
     def _vjp(self) -> bool:
         # fixed once the backbone and the adapted range are (cached: read on every inner step)
         return self.net.transductive and self.net.has_vjp(self.adapt_from_layer)
+
+    @functools.cached_property
+    def _explicit(self) -> bool:
+        """Whether :meth:`step` may use :func:`explicit_meta_gradient`: the whole network is
+        adapted, every layer has R-operators, the objective is the plain mean of the task losses,
+        neither ``recompute`` nor ``task_chunk`` is set, and no subclass changed a piece of the
+        inner loop or the loss (it would be bypassed)."""
+        cls = type(self)
+        pieces = ("inner_update", "support_grad", "inner_loop", "predict", "predict_query", "features", "losses")
+        changed = any(getattr(cls, name) is not getattr(GradientMetaLearner, name) for name in pieces)
+        mo = self.meta_objective
+        # recompute and task_chunk choose how the autograd graph is held: they keep their own path
+        own_path = getattr(self.config, "recompute", False) or getattr(self.config, "task_chunk", 0)
+        return (self.explicit_meta_gradient and not changed and not own_path and self.adapt_from_layer == 0
+                and self._vjp and self.net.has_tangent(0) and mo.plain and not mo.adversarial
+                and not mo.needs_jacobian)
 
     # -- the pieces subclasses override ------------------------------------------------------
     def inner_lr(self) -> float | Tensor:
@@ -183,6 +207,15 @@ class GradientMetaLearner(Learner):
         return self.net.forward(theta[..., : self.net.head_offset], x, 0, self.net.head_from, support_size=s)
 
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        if self._explicit:
+            lr = self.inner_lr()
+            if not isinstance(lr, Tensor) or lr.is_leaf:
+                return self._explicit_step(batch, lr)
+        if getattr(self.config, "compile", False) and not self.__dict__.get("_compile_warned"):
+            self.__dict__["_compile_warned"] = True
+            warnings.warn(f"{type(self).__name__}: compile=true ignored: it compiles the closed-form meta-gradient, "
+                          "which needs an MLP backbone (every layer with R-operators), combiner=equal, adversarial=0 "
+                          "and whole-network adaptation; this step runs through autograd.", stacklevel=2)
         chunk = getattr(self.config, "task_chunk", 0)
         if chunk and chunk < batch.num_tasks:
             return self._chunked_step(batch, chunk)
@@ -204,6 +237,37 @@ class GradientMetaLearner(Learner):
         meta_loss = mb.loss(query_losses, batch.task_ids)
         (meta_loss if extra is None else meta_loss + extra).backward()
         return {"loss": meta_loss.item() if mb.plain else query_losses.detach().mean().item(), **out}
+
+    def _explicit_step(self, batch: TaskBatch, lr: float | Tensor) -> dict[str, float]:
+        learn_lr = isinstance(lr, Tensor) and lr.requires_grad
+        fn = self._compiled_meta_gradient(learn_lr) if getattr(self.config, "compile", False) else None
+        with torch.no_grad():
+            if fn is not None:
+                losses, d_theta, d_lr = fn(self.theta.detach(), batch.support_x, batch.support_y, batch.query_x,
+                                           batch.query_y, _detached(lr))
+            else:
+                losses, d_theta, d_lr = explicit_meta_gradient(
+                    self.net, self.theta.detach(), batch.support_x, batch.support_y, batch.query_x, batch.query_y,
+                    self.task.loss, _detached(lr), self.config.inner_steps, first_order=self.config.first_order,
+                    lr_grad=learn_lr)
+            _accumulate(self.theta, d_theta)
+            if learn_lr:
+                _accumulate(lr, d_lr)
+        return {"loss": losses.mean().item()}
+
+    def _compiled_meta_gradient(self, learn_lr: bool):
+        """:func:`explicit_meta_gradient` for this learner's network and settings through
+        torch.compile (built on the first call; a new input shape compiles once more)."""
+        fn = self.__dict__.get("_compiled_fn")
+        if fn is None:
+            net, loss, steps, first_order = self.net, self.task.loss, self.config.inner_steps, self.config.first_order
+
+            def meta_gradient(theta, support_x, support_y, query_x, query_y, lr):
+                return explicit_meta_gradient(net, theta, support_x, support_y, query_x, query_y, loss, lr, steps,
+                                              first_order=first_order, lr_grad=learn_lr)
+
+            fn = self.__dict__["_compiled_fn"] = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
+        return fn
 
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
         """The plain meta-gradient ``chunk`` tasks at a time (``task_chunk``): the tasks are
@@ -234,6 +298,49 @@ class GradientMetaLearner(Learner):
                     fast = self._adapted(theta) if k == 0 else kept[k].detach()
                     out[k] = self.predict_query(fast, feats_s, feats_q)
             return out
+
+
+def explicit_meta_gradient(net, theta: Tensor, support_x: Tensor, support_y: Tensor, query_x: Tensor,
+                           query_y: Tensor, loss: str, lr: float | Tensor, steps: int, *, first_order: bool = False,
+                           lr_grad: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+    """MAML's meta-gradient in closed form: (query losses [T], d mean loss / d theta [P],
+    d mean loss / d lr [P] when ``lr_grad`` else None), with no autograd graph.
+
+    The inner loop theta_{k+1} = theta_k - lr * g_k (g_k the support-loss gradient of each task at
+    theta_k, theta_0 = theta shared by all tasks) runs forward, keeping each step's activations;
+    then v = d L_query / d theta_K is carried back through the steps,
+    v <- v - H_k (lr * v), with H_k the support loss's Hessian at theta_k, applied as a
+    Hessian-vector product of R-operators (:meth:`FunctionalNet.loss_hvp`: one forward and one
+    backward pass of the network, batched over tasks).  ``first_order`` drops the Hessian terms
+    (first-order MAML).  A learned ``lr`` (Meta-SGD) gets d L / d lr = -sum_k g_k * v_{k+1}.
+    The same numbers as differentiating the unrolled loop with autograd (float64 tests), at a
+    fraction of the per-op overhead: about 60 plain ATen calls per step for a 3-layer MLP, where
+    the autograd graph of the same step has ~150 nodes.
+    """
+    t = support_x.shape[0]
+    trajectory = []
+    p = theta
+    for _ in range(steps):
+        acts, grads_out, g = net.loss_grad_parts(p, support_x, support_y, loss)
+        trajectory.append((p, acts, grads_out, g))
+        p = ops.task_step(p, g, lr)
+    acts, _, v = net.loss_grad_parts(p, query_x, query_y, loss)
+    losses = task_losses(acts[-1], query_y, loss)
+    d_lr = None
+    for p_k, acts_k, grads_k, g_k in reversed(trajectory):
+        if lr_grad:
+            d = (g_k * v).sum(0).neg_()
+            d_lr = d if d_lr is None else d_lr + d
+        if not first_order:
+            v = v - net.loss_hvp(p_k, v * lr, acts_k, grads_k, loss)
+    return losses, v.sum(0) / t, None if d_lr is None else d_lr / t
+
+
+def _accumulate(param: Tensor, grad: Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad.to(param.dtype)
+    else:
+        param.grad.add_(grad)
 
 
 def _detached(lr: float | Tensor) -> float | Tensor:

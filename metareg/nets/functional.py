@@ -44,6 +44,26 @@ class Layer:
         shared by all tasks; the parameter gradients are always per task (leading T)."""
         raise NotImplementedError
 
+    #: True when :meth:`tangent` and :meth:`vjp_tangent` are implemented (then MAML-style learners
+    #: form second-order meta-gradients in closed form, without the autograd engine)
+    has_tangent = False
+
+    def tangent(self, p: dict[str, Tensor], dp: dict[str, Tensor], x: Tensor, dx: Tensor | None,
+                out: Tensor) -> Tensor:
+        """Forward-mode derivative (Pearlmutter's R-operator) of :meth:`forward`: the change of
+        ``out`` for per-task parameter directions ``dp`` (leading T) and input direction ``dx``
+        (``None``: the input does not move)."""
+        raise NotImplementedError
+
+    def vjp_tangent(self, p: dict[str, Tensor], dp: dict[str, Tensor], x: Tensor, dx: Tensor | None, out: Tensor,
+                    grad_out: Tensor, d_grad_out: Tensor,
+                    need_input_grad: bool) -> tuple[Tensor | None, dict[str, Tensor]]:
+        """The R-operator of :meth:`vjp`: how (d loss / d x, d loss / d p) change when the
+        parameters move along ``dp``, the input along ``dx`` and ``grad_out`` along ``d_grad_out``
+        (per task, leading T).  With :meth:`tangent` this gives Hessian-vector products of a loss
+        in one forward and one backward pass."""
+        raise NotImplementedError
+
 
 class Linear(Layer):
     def __init__(self, in_features: int, out_features: int) -> None:
@@ -83,6 +103,37 @@ class Linear(Layer):
             gx = gx if flat3 else gx.view(x.shape)
         return gx, grads
 
+    has_tangent = True
+
+    def tangent(self, p, dp, x, dx, out):
+        # out = x w^T + b  ->  d out = x dw^T + db + dx w^T
+        t = x.shape[0]
+        xt = x.reshape(t, -1, self.in_features)
+        d = torch.baddbmm(dp["bias"].unsqueeze(1), xt, dp["weight"].transpose(1, 2))
+        if dx is not None:
+            w = p["weight"]
+            dxt = dx.reshape(t, -1, self.in_features)
+            d = torch.baddbmm(d, dxt, w.transpose(1, 2)) if w.dim() == 3 else d + torch.matmul(dxt, w.t())
+        return d.view(out.shape)
+
+    def vjp_tangent(self, p, dp, x, dx, out, grad_out, d_grad_out, need_input_grad):
+        # G_w = go^T x, G_b = sum go, gx = go w  ->  their differentials
+        t = x.shape[0]
+        xt = x.reshape(t, -1, self.in_features)
+        go = grad_out.reshape(t, -1, self.out_features)
+        dgo = d_grad_out.reshape(t, -1, self.out_features)
+        d_gw = torch.bmm(dgo.transpose(1, 2), xt)
+        if dx is not None:
+            d_gw = torch.baddbmm(d_gw, go.transpose(1, 2), dx.reshape(t, -1, self.in_features))
+        grads = {"weight": d_gw, "bias": dgo.sum(1)}
+        dgx = None
+        if need_input_grad:
+            w = p["weight"]
+            dgx = torch.baddbmm(torch.bmm(go, dp["weight"]), dgo, w) if w.dim() == 3 else \
+                torch.bmm(go, dp["weight"]) + torch.matmul(dgo, w)
+            dgx = dgx.view(x.shape)
+        return dgx, grads
+
 
 class ReLU(Layer):
     def forward(self, p, x, batched):
@@ -95,6 +146,15 @@ class ReLU(Layer):
         # threshold_backward is that product in one op (and is its own derivative in grad_out)
         return torch.ops.aten.threshold_backward(grad_out, out, 0), {}
 
+    has_tangent = True
+
+    def tangent(self, p, dp, x, dx, out):
+        return torch.zeros_like(out) if dx is None else torch.ops.aten.threshold_backward(dx, out, 0)
+
+    def vjp_tangent(self, p, dp, x, dx, out, grad_out, d_grad_out, need_input_grad):
+        # gx = go * 1[out > 0]: the mask is locally constant, so only d_grad_out moves it
+        return torch.ops.aten.threshold_backward(d_grad_out, out, 0), {}
+
 
 class Flatten(Layer):
     """Flatten everything after ``[T, N]``."""
@@ -106,6 +166,14 @@ class Flatten(Layer):
 
     def vjp(self, p, x, out, grad_out, need_input_grad):
         return grad_out.reshape(x.shape), {}
+
+    has_tangent = True
+
+    def tangent(self, p, dp, x, dx, out):
+        return torch.zeros_like(out) if dx is None else dx.flatten(2)
+
+    def vjp_tangent(self, p, dp, x, dx, out, grad_out, d_grad_out, need_input_grad):
+        return d_grad_out.reshape(x.shape), {}
 
 
 class FunctionalNet:
@@ -211,6 +279,13 @@ class FunctionalNet:
         numbers, but a smaller graph for the second-order backward and no autograd-engine pass.
         Differentiable (to any order) in ``flat`` and ``x``.
         """
+        return self.loss_grad_parts(flat, x, y, loss, start)[2]
+
+    def loss_grad_parts(self, flat: Tensor, x: Tensor, y: Tensor, loss: str,
+                        start: int = 0) -> tuple[list[Tensor], list[Tensor], Tensor]:
+        """:meth:`loss_grad` with what it passed through: (the activations [input, every layer's
+        output], the gradient of the loss with respect to each of them, the parameter gradient
+        [T, P_range]).  :meth:`loss_hvp` reuses them."""
         layers = self.layers[start:]
         views = self.views(flat, start)
         batched = flat.dim() == 2
@@ -226,9 +301,45 @@ class FunctionalNet:
             g = (torch.softmax(pred, -1) - torch.nn.functional.one_hot(y, pred.shape[-1]).to(pred.dtype)) / n
         else:
             raise ValueError(f"loss_grad: unknown loss {loss!r}")
+        grads_out: list[Tensor] = [g] * len(acts)
         per_layer: list[dict[str, Tensor]] = [{} for _ in layers]
         for i in range(len(layers) - 1, -1, -1):
             g, per_layer[i] = layers[i].vjp(views[i], acts[i], acts[i + 1], g, need_input_grad=i > 0)
+            if g is not None:
+                grads_out[i] = g
+        parts = [per_layer[i][pname].reshape(t, -1) for i, layer in enumerate(layers) for pname, _ in layer.shapes]
+        return acts, grads_out, torch.cat(parts, 1)
+
+    def has_tangent(self, start: int = 0) -> bool:
+        """Whether :meth:`loss_hvp` can run layers ``start:`` (every layer has R-operators)."""
+        return all(layer.has_tangent for layer in self.layers[start:])
+
+    def loss_hvp(self, flat: Tensor, direction: Tensor, acts: Sequence[Tensor], grads_out: Sequence[Tensor],
+                 loss: str, start: int = 0) -> Tensor:
+        """Per-task Hessian-vector products [T, P_range] of the loss of :meth:`loss_grad_parts`
+        (called with the same ``flat`` and returning ``acts``, ``grads_out``) with the per-task
+        ``direction`` [T, P_range]: one forward and one backward pass of R-operators (Pearlmutter,
+        Fast Exact Multiplication by the Hessian, 1994), no autograd graph.  Not differentiable."""
+        layers = self.layers[start:]
+        views = self.views(flat, start)
+        dviews = self.views(direction, start)
+        dacts: list[Tensor | None] = [None]
+        for i, layer in enumerate(layers):
+            dacts.append(layer.tangent(views[i], dviews[i], acts[i], dacts[i], acts[i + 1]))
+        pred, dpred = acts[-1], dacts[-1]
+        if loss == "mse":
+            dg = dpred * (2.0 / pred[0].numel())
+        elif loss == "cross_entropy":
+            sm = torch.softmax(pred, -1)
+            sd = sm * dpred
+            dg = (sd - sm * sd.sum(-1, keepdim=True)) / pred.shape[1]
+        else:
+            raise ValueError(f"loss_hvp: unknown loss {loss!r}")
+        t = direction.shape[0]
+        per_layer: list[dict[str, Tensor]] = [{} for _ in layers]
+        for i in range(len(layers) - 1, -1, -1):
+            dg, per_layer[i] = layers[i].vjp_tangent(views[i], dviews[i], acts[i], dacts[i], acts[i + 1],
+                                                     grads_out[i + 1], dg, need_input_grad=i > 0)
         parts = [per_layer[i][pname].reshape(t, -1) for i, layer in enumerate(layers) for pname, _ in layer.shapes]
         return torch.cat(parts, 1)
 
