@@ -161,6 +161,63 @@ def test_killed_comparison_resumes_without_rerunning(tmp_path, monkeypatch):
     assert json.loads(_invoke(again[:3] + ["hard_sharing"] + again[3:]).stdout)["reused_runs"] == 2
 
 
+def _workers(out):
+    """Live worker processes of the comparison writing to ``out`` (their command line names it)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                cmd = open(f"/proc/{d}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if "metareg.study" in cmd and str(out) in cmd:
+                try:
+                    if open(f"/proc/{d}/stat").read().split(") ", 1)[1][0] != "Z":
+                        pids.append(int(d))
+                except OSError:
+                    pass
+    return pids
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_interrupted_comparison_stops_as_a_whole_and_resumes(tmp_path):
+    """SIGINT to the comparison alone (not its process group) while two runs train and a third
+    waits: it stops every worker, each saving its run as interrupted, starts nothing more, exits
+    130; the same command then finishes all three."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "metareg", "compare", "maml", "fast_weights", "hard_sharing", "-b", "sinusoid_mtl",
+           "--budget", "steps=1000", "--set", "eval_tasks=10", "--jobs", "2", "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline, running = time.time() + 300, []
+        while time.time() < deadline and proc.poll() is None:
+            runs = sorted((out / "runs").glob("*")) if (out / "runs").exists() else []
+            running = [r for r in runs if (r / "metrics.jsonl").exists() and (r / "metrics.jsonl").stat().st_size]
+            if len(running) == 2:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None and len(running) == 2, "the comparison ended before it could be interrupted"
+        assert len(_workers(out)) == 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err.decode()[-500:]
+    assert "interrupted; finished runs are kept" in err.decode()
+    assert _workers(out) == []  # no worker left behind
+    assert sorted(r.name.split("-")[0] for r in (out / "runs").iterdir()) == ["fast_weights", "maml"]  # none started
+    for r in running:  # each stopped at a step boundary with a checkpoint and an interrupted summary
+        assert (r / "checkpoint.pt").exists()
+        summary = json.loads((r / "summary.json").read_text())
+        assert summary["status"] == "interrupted" and 0 < summary["steps"] < 1000
+    data = json.loads(_invoke(cmd[3:] + ["--json"]).stdout)
+    assert [e["status"] for e in data["entries"]] == ["completed"] * 3
+    for r in running:
+        assert json.loads((r / "summary.json").read_text())["steps"] == 1000
+
+
 def test_paradigms_suite_resolves_per_benchmark_and_lists():
     from metareg.suites import get_suite, resolve_suite
 
