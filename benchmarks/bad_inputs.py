@@ -66,6 +66,14 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], int]]:
     (notdict / "checkpoint.pt").write_bytes(b"junk")
     omni = ["run", "protonet", "-b", "omniglot", "--steps", "1", "--set", "split=lake", "--set", "ways=2",
             "--set", "shots=1", "--set", "query=1"]
+    real = tmp / "real_run"  # a genuine run folder, for the cases that need one
+    subprocess.run([sys.executable, "-m", "metareg", *RUN, "--out", str(real)], check=True, capture_output=True,
+                   env={**os.environ, "OMP_NUM_THREADS": "1"})
+    import numpy as np
+
+    wrong = tmp / "wrong_shape.npz"  # sinusoid takes [T, N, 1] inputs; these are images
+    np.savez(wrong, support_x=np.zeros((2, 5, 1, 28, 28), np.float32), support_y=np.zeros((2, 5, 1), np.float32),
+             query_x=np.zeros((2, 5, 1, 28, 28), np.float32), query_y=np.zeros((2, 5, 1), np.float32))
     bomb = _omniglot_folder(tmp / "omniglot_bomb", "bomb")
     garbage = _omniglot_folder(tmp / "omniglot_garbage", "garbage")
     return [
@@ -100,7 +108,8 @@ def _cases(tmp: Path) -> list[tuple[str, list[str], int]]:
         ("config.json not an object", ["eval", str(notdict)], 2),
         ("resume a folder that is not a run", ["run", "--resume", str(tmp)], 2),
         ("eval a missing folder", ["eval", str(tmp / "missing")], 2),
-        ("eval --tasks of the wrong shape", ["eval", str(crafted), "--tasks", str(bad_toml)], 2),
+        ("eval --tasks: not a task file", ["eval", str(real), "--tasks", str(bad_toml)], 2),
+        ("eval --tasks of the wrong shape", ["eval", str(real), "--tasks", str(wrong)], 2),
         ("compare --out and --no-save", ["compare", "maml", "fomaml", "-b", "sinusoid", "--out", str(tmp / "o2"),
                                          "--no-save"], 2),
         ("diverging run (lr 1e30, SGD)", [*RUN[:4], "--steps", "5", "--set", "optimizer=sgd", "--set", "lr=1e30",
