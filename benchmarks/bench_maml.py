@@ -18,8 +18,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, grad, vmap
+from torch.func import functional_call
 
+from maml_step_paths import vmap_step
 from metareg.runner import Run
 
 LR = 0.01
@@ -71,27 +72,9 @@ def test_metareg_maml(benchmark, batches, variant):
 
 
 def test_torch_func_vmap(benchmark, batches):
-    model = _model()
-    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
-    opt = torch.optim.Adam(params.values(), lr=1e-3, foreach=True)
-
-    def task_loss(p, x, y):
-        return F.mse_loss(functional_call(model, p, (x,)), y)
-
-    def inner(p, xs, ys, xq, yq):
-        g = grad(task_loss)(p, xs, ys)
-        return task_loss({k: p[k] - LR * g[k] for k in p}, xq, yq)
-
-    batched = vmap(inner, in_dims=(None, 0, 0, 0, 0))
+    step = vmap_step("cpu")
     it = itertools.cycle(batches)
-
-    def step():
-        b = next(it)
-        opt.zero_grad(set_to_none=True)
-        batched(params, b.support_x, b.support_y, b.query_x, b.query_y).mean().backward()
-        opt.step()
-
-    _bench(benchmark, step, "baseline", "torch.func.vmap")
+    _bench(benchmark, lambda: step(next(it)), "baseline", "torch.func.vmap")
 
 
 def test_per_task_loop(benchmark, batches):

@@ -10,6 +10,8 @@
 #   4. second-order MAML on Conv4 5-way 1-shot, meta-batch 32, at 1/5/10/20 inner steps: peak memory
 #      (torch.cuda.max_memory_allocated) and time per outer step of the stored path, recompute=true,
 #      recompute + task_chunk, iMAML and the per-task loop (benchmarks/maml_memory.py; at most 150 s),
+#   5. MAML's sinusoid outer step by each path (closed form, autograd engine, compile=true) beside
+#      torch.func.vmap (benchmarks/maml_step_paths.py; at most 120 s),
 # and prints one summary table with the GPU targets.  Run from anywhere:
 #   bash benchmarks/gpu_check.sh            (PYTHON=python3.12 to pick the interpreter)
 # Exit status: 0 when the build and the tests pass (missed speed targets are reported, not fatal).
@@ -194,6 +196,16 @@ else
 fi
 # shellcheck disable=SC2086
 timeout 150 "$PY" benchmarks/maml_memory.py $MEM_ARGS --json "${LOG%.log}_maml_memory.json" 2>&1 | tee -a "$LOG" | tail -22
+
+# -- 5. MAML step paths ------------------------------------------------------------------------
+say "MAML sinusoid step: closed form / autograd / compile=true / vmap"
+if [ "${METAREG_GPU_CHECK_DRY:-}" = 1 ]; then
+  STEP_ARGS="--device cpu --steps 5 --repeats 1 --no-compile"
+else
+  STEP_ARGS="--device cuda --steps 100 --repeats 3"
+fi
+# shellcheck disable=SC2086
+timeout 120 "$PY" benchmarks/maml_step_paths.py $STEP_ARGS --json "${LOG%.log}_maml_step_paths.json" 2>&1 | tee -a "$LOG" | tail -8
 
 say "tests exit status $TEST_STATUS; full log in $LOG"
 exit "$TEST_STATUS"
