@@ -174,6 +174,26 @@ def _stepwise_final(scores: Mapping[str, Any], metric: str, steps: Sequence[int]
     return None
 
 
+def benchmark_at_shots(run, shots: int):
+    """The benchmark of a built ``run`` with ``shots`` support examples (see :func:`eval_config`)."""
+    bench = run.bench_spec.factory(eval_config(run.bench_spec, run.bench_config, shots))
+    if bench.info != run.bench.info:
+        raise ConfigError(f"{run.bench_spec.name}'s task description changes with shots ({run.bench.info} -> "
+                          f"{bench.info}); the trained learner cannot be evaluated at {shots} shots.")
+    return bench
+
+
+def evaluate_new_tasks_at_shots(run, shots: int, bench=None) -> dict[str, Any]:
+    """Scores of a built, trained ``run`` on its held-out test tasks (the run's own evaluation
+    tasks: same seed and generator) given ``shots`` support examples each."""
+    from .evaluate import evaluate, evaluation_generator
+
+    cfg = run.config
+    return evaluate(run.learner, bench or benchmark_at_shots(run, shots), num_tasks=cfg.eval_tasks,
+                    steps=cfg.eval_steps, generator=evaluation_generator(cfg.seed, "test"), chunk=cfg.eval_chunk,
+                    split="test", device=run.device, dtype=run.dtype)
+
+
 def evaluate_at_shots(run, summary: Mapping[str, Any], shots: int, *, new: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Scores of a built, trained ``run`` (a :class:`metareg.runner.Run`, e.g. from ``load_run``)
     at ``shots`` support examples: ``new`` (held-out tasks, every adaptation step count; pass
@@ -189,15 +209,9 @@ def evaluate_at_shots(run, summary: Mapping[str, Any], shots: int, *, new: Mappi
     cfg = run.config
     metric = run.bench.info.metric
     t0 = time.perf_counter()
-    ecfg = eval_config(run.bench_spec, run.bench_config, shots)
-    bench = run.bench_spec.factory(ecfg)
-    if bench.info != run.bench.info:
-        raise ConfigError(f"{run.bench_spec.name}'s task description changes with shots ({run.bench.info} -> "
-                          f"{bench.info}); the trained learner cannot be evaluated at {shots} shots.")
+    bench = benchmark_at_shots(run, shots)
     if new is None:
-        new = evaluate(run.learner, bench, num_tasks=cfg.eval_tasks, steps=cfg.eval_steps,
-                       generator=evaluation_generator(cfg.seed, "test"), chunk=cfg.eval_chunk, split="test",
-                       device=run.device, dtype=run.dtype)
+        new = evaluate_new_tasks_at_shots(run, shots, bench)
     # how many adaptation steps to report is a hyperparameter: chosen on validation tasks (the
     # split and generator of the runner's periodic validation), never on the test tasks
     val = None

@@ -71,3 +71,22 @@ def test_eval_torn_checkpoint(saved_run, tmp_path):
     (tmp_path / "torn" / "checkpoint.pt").write_bytes((out / "checkpoint.pt").read_bytes()[:100])
     r = CliRunner().invoke(make_cli(), ["eval", str(tmp_path / "torn")])
     assert r.exit_code == 2 and "cannot restore" in r.output and "Traceback" not in r.output
+
+
+def test_eval_at_other_shots_equals_the_comparisons_scores(saved_run):
+    """`eval --shots K` scores the run's own held-out tasks with K support points each: the numbers
+    `metareg compare --shots` reports for the same run (metareg.study.evaluate_at_shots)."""
+    from metareg.runner import load_run
+    from metareg.study import evaluate_at_shots
+
+    out, summary = saved_run
+    r = CliRunner().invoke(make_cli(), ["eval", str(out), "--shots", "20", "--no-save", "--json"])
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output.strip().splitlines()[-1])
+    assert (got["shots"], got["train_shots"]) == (20, 10)
+    want = evaluate_at_shots(load_run(out), summary, 20)["new"]
+    for k in ("mse_before", "mse_after_1_step", "mse_after_1_step_ci95"):
+        assert got[k] == want[k]
+    assert got["mse_after_1_step"] != summary["mse_after_1_step"]  # 20 support points are not the run's 10
+    r = CliRunner().invoke(make_cli(), ["eval", str(out), "--shots", "5", "--tasks", "x.pt"])
+    assert r.exit_code == 2 and "contradict" in r.output
