@@ -2,9 +2,11 @@
 
     python benchmarks/maml_step_paths.py [--device cuda] [--steps 200] [--repeats 5] [--no-compile]
 
-Paths: the default (the closed-form meta-gradient, ``explicit_meta_gradient``), the same step
-through the autograd engine (``explicit_meta_gradient = False``), ``compile=true`` (its one-off
-compilation timed separately), and the torch.func.vmap step (the fastest plain-torch way; the
+Paths: the default (the closed-form meta-gradient as one C++ op, ``metareg.ops.mlp_meta_grad``),
+the same closed form in Python (``explicit_meta_gradient``, what runs without the extension and for
+networks other than plain ReLU MLPs), the step through the autograd engine
+(``explicit_meta_gradient = False``), ``compile=true`` (the Python closed form through
+torch.compile; its one-off compilation timed separately), and the torch.func.vmap step (the fastest plain-torch way; the
 baseline of issue 13's 3x target).  Same model (MLP 1-40-40-1), same pre-sampled meta-batches of 25
 tasks, one second-order inner step of lr 0.01, Adam.  Prints the median time per outer step and
 the ratio to vmap; ``--json FILE`` writes them.  benchmarks/bench_maml.py times the same steps
@@ -66,6 +68,8 @@ def metareg_step(device: str, path: str):
     learner, opt = run.learner, run.optimizer
     if path == "autograd":
         learner.explicit_meta_gradient = False
+    elif path == "python":
+        learner.__dict__["_mlp_widths"] = None  # not the C++ op: the closed form in Python
 
     def step(b):
         opt.zero_grad(set_to_none=True)
@@ -100,7 +104,7 @@ def main() -> None:
     ap.add_argument("--json")
     a = ap.parse_args()
     pool = batches(a.device)
-    paths = ["default", "autograd"] + ([] if a.no_compile else ["compile"])
+    paths = ["default", "python", "autograd"] + ([] if a.no_compile else ["compile"])
     steps = {"vmap": vmap_step(a.device)}
     info = {}
     for p in paths:

@@ -48,6 +48,13 @@ TORCH_LIBRARY(metareg, m) {
   // grad over tasks ([P]) when params_shared, else an empty [0] tensor: the caller then uses grad
   // itself (a custom op may not return an alias of its input).  d lr has lr's shape.
   m.def("task_step_backward(Tensor grad, Tensor grads, Tensor lr, bool params_shared) -> (Tensor, Tensor, Tensor)");
+  // MAML's meta-gradient of a ReLU MLP (widths [in, h..., out]; theta [P] in metareg.nets.mlp's
+  // layout) in closed form: support x [T, S, in] / y, query x [T, Q, in] / y (regression [T, N, out],
+  // or int64 labels [T, N] with cross_entropy), lr [] or [P], `steps` inner steps ->
+  // (query losses [T], d mean loss / d theta [P], d mean loss / d lr (lr's shape; [0] unless lr_grad)).
+  m.def("mlp_meta_grad(Tensor theta, int[] widths, Tensor support_x, Tensor support_y, Tensor query_x, "
+        "Tensor query_y, Tensor lr, int steps, bool cross_entropy, bool first_order, bool lr_grad) -> "
+        "(Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -23,7 +23,7 @@ from . import _reference
 from ._registration import DISABLE_ENV, extension, has_kernel, load_reason
 from ._table import OPS, SPECS
 
-__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "gram", "task_step", "status"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "gram", "task_step", "mlp_meta_grad", "status"]
 
 # op -> device type -> the dtypes its compiled kernel takes (only where the extension has it); CPU
 # apart, since ``t.is_cpu`` costs a fifth of ``t.device.type`` on the per-step path
@@ -195,6 +195,39 @@ def _check_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> None:
         if lr.device != grads.device or lr.dtype != grads.dtype:
             raise ShapeError(f"{op}: lr must match grads in dtype and device, got lr {lr.dtype} on {lr.device} and "
                              f"grads {grads.dtype} on {grads.device} (shapes {_shape(lr)} and {_shape(grads)}).")
+
+
+def mlp_meta_grad(theta: Tensor, widths, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  lr: float | Tensor, steps: int = 1, *, loss: str = "mse", first_order: bool = False,
+                  lr_grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """MAML's meta-gradient for a ReLU MLP in closed form, without an autograd graph.
+
+    ``widths`` [in, h_1, ..., out] give the layers (Linear, ReLU after all but the last), ``theta``
+    [P] their parameters in :func:`metareg.nets.mlp`'s flat layout.  Every task t of the support
+    set (x [T, S, in]; y [T, S, out] for ``loss="mse"``, int64 labels [T, S] for
+    ``"cross_entropy"``) takes ``steps`` gradient steps of rate ``lr`` (a float, or a tensor []
+    or [P]: Meta-SGD) from theta; returns (query losses [T], d mean loss / d theta [P],
+    d mean loss / d lr with lr's shape when ``lr_grad``, else an empty [0] tensor).
+    ``first_order`` drops the Hessian terms.  Forward only: the results carry no graph.  Equals
+    autograd through the unrolled loop (``metareg.ops._reference.mlp_meta_grad``, the fallback).
+
+    Raises :class:`metareg.errors.ShapeError` for inputs that do not fit ``widths``.
+    """
+    if loss not in ("mse", "cross_entropy"):
+        raise ConfigError(f"metareg.ops.mlp_meta_grad: loss must be 'mse' or 'cross_entropy', got {loss!r}.")
+    _check_lr(lr)
+    if not isinstance(lr, Tensor):
+        lr = torch.tensor(float(lr), dtype=theta.dtype, device=theta.device)
+    widths = [int(w) for w in widths]
+    ce = loss == "cross_entropy"
+    args = (theta, widths, support_x, support_y, query_x, query_y, lr, int(steps), ce, bool(first_order), bool(lr_grad))
+    if _compiled("mlp_meta_grad", theta) and theta.device == support_x.device:
+        try:
+            return _ops.mlp_meta_grad.default(*args)
+        except RuntimeError as e:
+            raise ShapeError(str(e).split("\n")[0]) from None
+    _fallback("mlp_meta_grad", theta)
+    return _reference.mlp_meta_grad(*args)
 
 
 def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:

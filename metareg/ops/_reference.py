@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["pairwise_cosine", "pairwise_cosine_norms", "pairwise_cosine_backward", "gram", "task_step",
-           "task_step_backward"]
+           "task_step_backward", "mlp_meta_grad"]
 
 
 def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
@@ -97,3 +97,56 @@ def task_step_backward(grad: Tensor, grads: Tensor, lr: Tensor, params_shared: b
     """
     d_params = grad.sum(0) if params_shared else grad
     return d_params, -lr * grad, _sum_to(-grad * grads, lr.shape)
+
+
+def _mlp(flat: Tensor, widths, x: Tensor) -> Tensor:
+    """The ReLU MLP of ``widths`` at flat parameters [P] (shared) or [T, P] (per task) on x [T, N, in]."""
+    t = x.shape[0]
+    flat = flat.expand(t, -1) if flat.dim() == 1 else flat
+    off = 0
+    for i in range(len(widths) - 1):
+        n_in, n_out = widths[i], widths[i + 1]
+        w = flat[:, off: off + n_out * n_in].reshape(t, n_out, n_in)
+        off += n_out * n_in
+        b = flat[:, off: off + n_out]
+        off += n_out
+        x = torch.baddbmm(b.unsqueeze(1), x, w.transpose(1, 2))
+        if i < len(widths) - 2:
+            x = torch.relu(x)
+    return x
+
+
+def _task_losses(pred: Tensor, y: Tensor, cross_entropy: bool) -> Tensor:
+    if cross_entropy:
+        t, n = y.shape
+        return torch.nn.functional.cross_entropy(pred.reshape(t * n, -1), y.reshape(t * n),
+                                                 reduction="none").view(t, n).mean(1)
+    return (pred - y.reshape(pred.shape)).pow(2).mean((1, 2))
+
+
+def mlp_meta_grad(theta: Tensor, widths, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor,
+                  lr: Tensor, steps: int, cross_entropy: bool, first_order: bool,
+                  lr_grad: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """MAML's meta-gradient for a ReLU MLP by autograd through the unrolled inner loop.
+
+    ``steps`` inner steps ``theta_t <- theta_t - lr * grad L_t^support(theta_t)`` from ``theta`` [P]
+    for every task, then the query losses L_t [T]; returns (L [T], d mean(L) / d theta [P],
+    d mean(L) / d lr (lr's shape; an empty [0] tensor unless ``lr_grad``)).  ``first_order``
+    treats the inner gradients as constants.  Layout as :func:`metareg.nets.mlp`: each layer's
+    weight [out, in] then bias [out]; ReLU after every layer but the last; mean squared error on
+    [T, N, out] targets or cross-entropy on int64 labels [T, N], averaged per task.
+    """
+    with torch.enable_grad():
+        th = theta.detach().requires_grad_()
+        rate = lr.detach().requires_grad_(lr_grad)
+        t = support_x.shape[0]
+        p = th.expand(t, -1)
+        for _ in range(steps):
+            inner = _task_losses(_mlp(p, widths, support_x), support_y, cross_entropy).sum()
+            (g,) = torch.autograd.grad(inner, p, create_graph=not first_order)
+            p = p - rate * (g.detach() if first_order else g)
+        losses = _task_losses(_mlp(p, widths, query_x), query_y, cross_entropy)
+        wrt = [th, rate] if lr_grad else [th]
+        grads = torch.autograd.grad(losses.mean(), wrt)
+    d_lr = grads[1] if lr_grad else lr.new_empty((0,))
+    return losses.detach(), grads[0], d_lr

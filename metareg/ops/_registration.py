@@ -82,6 +82,11 @@ def _register() -> None:
         p = grads.shape[1] if params_shared else 0
         return grads.new_empty((p,)), grads.new_empty(grads.shape), lr.new_empty(lr.shape)
 
+    @torch.library.register_fake(lib + "mlp_meta_grad")
+    def _(theta, widths, support_x, support_y, query_x, query_y, lr, steps, cross_entropy, first_order, lr_grad):
+        return (theta.new_empty((support_x.shape[0],)), theta.new_empty(theta.shape),
+                lr.new_empty(lr.shape if lr_grad else (0,)))
+
     ops = torch.ops.metareg
 
     # -- pairwise_cosine: the C++ backward op; its own autograd (below) makes it twice

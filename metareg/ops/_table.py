@@ -83,6 +83,17 @@ OPS: tuple[OpSpec, ...] = (
         kernels={"cpu": Kernel("C++: one parallel pass (at::parallel_for, vectorised)", F32_F64),
                  "cuda": Kernel("CUDA: one elementwise launch", ALL_FLOATS)},
     ),
+    OpSpec(
+        "mlp_meta_grad",
+        "MAML's meta-gradient of a ReLU MLP in closed form: (query losses [T], d loss / d theta [P], d loss / d lr) "
+        "from theta [P], support and query sets [T, N, ...], lr [] or [P], K inner steps (forward only)",
+        uses=("mlp_meta_grad",),
+        kernels={"cpu": Kernel("C++: the R-operator passes as ATen calls in one op, no interpreter between them",
+                               F32_F64),
+                 "cuda": Kernel("C++: the same ATen calls on the GPU (cuBLAS batched GEMMs)", F32_F64)},
+        fallback=("reference", "metareg.ops._reference: autograd through the unrolled inner loop"),
+        forward_only=True,
+    ),
 )
 
 #: name -> spec
