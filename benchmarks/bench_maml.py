@@ -5,10 +5,10 @@ and 10 query points each), same inner step (one, lr 0.01, second order) and the 
 Target (issue 2): metareg at least 2x the outer steps per second of the torch.func.vmap version;
 issue 13: at least 3x.  The per-task loop is what learn2learn, higher and TorchOpt do.
 
-metareg's cases: the default step (the closed-form meta-gradient of R-operators,
-``explicit_meta_gradient``), the same step through the autograd engine (what the default was
-before), and ``compile=true`` (the closed form through torch.compile; its one-off compilation is
-done before the timing and printed).
+metareg's cases: the default step (the closed-form meta-gradient of R-operators as one C++ op,
+``metareg.ops.mlp_meta_grad``), the same closed form in Python (``explicit_meta_gradient``), the
+step through the autograd engine (what the default was before), and ``compile=true`` (the Python
+closed form through torch.compile; its one-off compilation is done before the timing and printed).
 """
 
 import itertools
@@ -47,13 +47,15 @@ def _bench(benchmark, fn, role, label):
     benchmark.pedantic(fn, rounds=60, iterations=5, warmup_rounds=5)
 
 
-@pytest.mark.parametrize("variant", ["default", "autograd", "compile"])
+@pytest.mark.parametrize("variant", ["default", "python", "autograd", "compile"])
 def test_metareg_maml(benchmark, batches, variant):
     run = Run("maml", "sinusoid", {"compile": variant == "compile"})
     run.build()
     learner, opt = run.learner, run.optimizer
     if variant == "autograd":
         learner.explicit_meta_gradient = False
+    elif variant == "python":
+        learner.__dict__["_mlp_widths"] = None  # the closed form in Python, not the C++ op
     it = itertools.cycle(batches)
 
     def step():
@@ -66,7 +68,8 @@ def test_metareg_maml(benchmark, batches, variant):
         step()
         benchmark.extra_info["compile_s"] = round(time.perf_counter() - t0, 1)
         print(f"\ncompile=true: first step (compilation) {time.perf_counter() - t0:.1f} s")
-    label = {"default": "metareg maml", "autograd": "metareg maml (autograd engine)",
+    label = {"default": "metareg maml", "python": "metareg maml (closed form in Python)",
+             "autograd": "metareg maml (autograd engine)",
              "compile": "metareg maml (compile=true)"}[variant]
     _bench(benchmark, step, "metareg", label)
 
