@@ -89,9 +89,9 @@ def test_meta_sgd_gradients_for_theta_and_alpha(path):
 
 @pytest.mark.parametrize("algo,steps", [("maml", 2), ("fomaml", 2), ("meta_sgd", 1)])
 def test_closed_form_meta_gradient_on_classification_equals_autograd(algo, steps):
-    """Cross-entropy (softmax Hessian) and a Flatten layer: glyphs through the MLP backbone."""
+    """Cross-entropy (softmax Hessian) and a Flatten layer: 8x8 digits through the MLP backbone."""
     cfg = {"inner_steps": steps, "backbone": "mlp", "meta_batch": 3, "inner_lr": 0.3}
-    a, b = _build(algo, cfg, bench="glyphs"), _build(algo, cfg, bench="glyphs", path="autograd")
+    a, b = _build(algo, cfg, bench="digits"), _build(algo, cfg, bench="digits", path="autograd")
     assert a.learner._explicit and not b.learner._explicit
     batch = _batch(a)
     out = [r.learner.step(batch) for r in (a, b)]
