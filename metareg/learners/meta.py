@@ -53,10 +53,10 @@ class GradientMetaConfig:
     task_chunk: int = param(0, "run the meta-batch this many tasks at a time, each chunk's share of the loss "
                                "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
                                "instead of the whole meta-batch; 0: all at once)", ge=0)
-    compile: bool = param(False, "compile the closed-form meta-gradient (MLP backbones, plain mean objective, "
-                                 "whole-network adaptation) with torch.compile: about 2x faster outer steps on small "
-                                 "networks after a one-off compilation of 15-45 s (inductor; needs a C++ compiler on "
-                                 "CPU); elsewhere ignored with a warning")
+    compile: bool = param(False, "run the closed-form meta-gradient (MLP backbones, plain mean objective, "
+                                 "whole-network adaptation) through torch.compile instead of its C++ op: ~15% faster "
+                                 "steps on sinusoid after a one-off compilation of 5-45 s (inductor; needs a C++ "
+                                 "compiler on CPU); elsewhere ignored with a warning")
 
 
 class GradientMetaLearner(Learner):
@@ -338,9 +338,10 @@ def explicit_meta_gradient(net, theta: Tensor, support_x: Tensor, support_y: Ten
     Hessian-vector product of R-operators (:meth:`FunctionalNet.loss_hvp`: one forward and one
     backward pass of the network, batched over tasks).  ``first_order`` drops the Hessian terms
     (first-order MAML).  A learned ``lr`` (Meta-SGD) gets d L / d lr = -sum_k g_k * v_{k+1}.
-    The same numbers as differentiating the unrolled loop with autograd (float64 tests), at a
-    fraction of the per-op overhead: about 60 plain ATen calls per step for a 3-layer MLP, where
-    the autograd graph of the same step has ~150 nodes.
+    The same numbers as differentiating the unrolled loop with autograd (float64 tests), without
+    the autograd engine's graph and nodes.  ``metareg.ops.mlp_meta_grad`` is this function for
+    ReLU MLPs as one C++ op (the default there); this one serves other layer stacks with
+    R-operators, builds without the extension, and ``compile=true``.
     """
     t = support_x.shape[0]
     trajectory = []
