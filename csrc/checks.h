@@ -102,4 +102,27 @@ inline StepDims check_task_step(const char* op, const at::Tensor& params, const 
   return {T, P, shared, lr_kind};
 }
 
+struct PoolDims {
+  int64_t N, C, H, W;
+};
+
+// x [N, C, H, W] (H, W >= 2), weight and bias [C], all of one float dtype on one device.
+inline PoolDims check_bn_pool_relu(const char* op, const at::Tensor& x, const at::Tensor& weight,
+                                   const at::Tensor& bias) {
+  TORCH_CHECK(x.dim() == 4, op, ": expected x of shape [N, C, H, W], got x of shape ", x.sizes());
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(H >= 2 && W >= 2, op, ": max-pooling by 2 needs H, W >= 2, got x of shape ", x.sizes());
+  TORCH_CHECK(N > 0, op, ": batch norm needs at least one example, got x of shape ", x.sizes());
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == C && bias.dim() == 1 && bias.size(0) == C, op,
+              ": expected weight and bias of shape [C] = [", C, "], got weight of shape ", weight.sizes(),
+              " and bias of shape ", bias.sizes());
+  check_float_dtype(op, x, "x", /*allow_half=*/false);
+  TORCH_CHECK(weight.scalar_type() == x.scalar_type() && bias.scalar_type() == x.scalar_type() &&
+                  weight.device() == x.device() && bias.device() == x.device(),
+              op, ": weight and bias must match x in dtype and device, got x ", x.scalar_type(), " on ", x.device(),
+              ", weight ", weight.scalar_type(), " on ", weight.device(), ", bias ", bias.scalar_type(), " on ",
+              bias.device());
+  return {N, C, H, W};
+}
+
 }  // namespace metareg

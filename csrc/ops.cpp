@@ -55,6 +55,14 @@ TORCH_LIBRARY(metareg, m) {
   m.def("mlp_meta_grad(Tensor theta, int[] widths, Tensor support_x, Tensor support_y, Tensor query_x, "
         "Tensor query_y, Tensor lr, int steps, bool cross_entropy, bool first_order, bool lr_grad) -> "
         "(Tensor, Tensor, Tensor)");
+  // Training-mode batch norm (biased variance over N, H, W; no running statistics) -> max-pool 2
+  // -> ReLU of x [N, C, H, W] with weight, bias [C] -> (out [N, C, H/2, W/2], xmax [N, C, H/2, W/2]:
+  // the x each window chose, mean [C], invstd [C]); out and xmax channels-last.  CPU only.
+  m.def("bn_pool_relu(Tensor x, Tensor weight, Tensor bias, float eps) -> (Tensor, Tensor, Tensor, Tensor)");
+  // Its gradients (d x [N, C, H, W], d weight [C], d bias [C]) from the gradient of out and what
+  // the forward returned.  Not differentiable itself (bn_pool_relu is differentiable once).
+  m.def("bn_pool_relu_backward(Tensor grad, Tensor x, Tensor weight, Tensor out, Tensor xmax, Tensor mean, "
+        "Tensor invstd) -> (Tensor, Tensor, Tensor)");
 }
 
 namespace {

@@ -18,6 +18,7 @@ step is the plain meta-gradient of the mean query loss, computed as before.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import warnings
 from collections.abc import Sequence
@@ -28,6 +29,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import config, param
 from ..errors import IncompatibleError
+from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch, task_losses
 from .base import Learner, LearnerContext
 from .meta_batch import MetaBatchObjective
@@ -227,7 +229,10 @@ class GradientMetaLearner(Learner):
         feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
         fast, _ = self.inner_loop(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
                              create_graph=not self.config.first_order)
-        query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
+        # the query graph is differentiated once (the second-order terms come from the inner
+        # steps' graphs): the backbone may use kernels without second derivatives there
+        with differentiated_once() if rows is None and mb.plain else contextlib.nullcontext():
+            query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
         extra, out = None, {}
         if mb.adversarial:
             extra, out = mb.adversarial_loss(self.encoder_features(theta, batch, feats_s, feats_q), batch.task_ids)
@@ -304,7 +309,8 @@ class GradientMetaLearner(Learner):
             feats_s, feats_q = self.features(self.theta, part.support_x, part.query_x)
             fast, _ = self.inner_loop(self._adapted(self.theta), feats_s, part.support_y, self.config.inner_steps,
                                       create_graph=not self.config.first_order)
-            losses = self.losses(self.predict_query(fast, feats_s, feats_q), part.query_y)
+            with differentiated_once():  # as in step: the query graph is differentiated once
+                losses = self.losses(self.predict_query(fast, feats_s, feats_q), part.query_y)
             (losses.sum() / t).backward()
             total = total + losses.detach().sum()
         return {"loss": (total / t).item()}

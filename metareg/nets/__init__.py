@@ -1,6 +1,7 @@
 """Task-batched backbones over flat parameter buffers."""
 
-from .functional import Flatten, FunctionalNet, Layer, Linear, ReLU
+from .functional import Flatten, FunctionalNet, Layer, Linear, ReLU, differentiated_once, is_differentiated_once
 from .mlp import mlp
 
-__all__ = ["FunctionalNet", "Layer", "Linear", "ReLU", "Flatten", "mlp"]
+__all__ = ["FunctionalNet", "Layer", "Linear", "ReLU", "Flatten", "mlp", "differentiated_once",
+           "is_differentiated_once"]

@@ -36,6 +36,12 @@ across tasks means nothing):
 On CPU the meta-batch is run in chunks of tasks small enough that every activation stays under
 ``ConvNet.cpu_chunk_bytes`` (see there); each chunk is still one grouped forward.
 
+Forwards that will be differentiated at most once (inside :func:`metareg.nets.differentiated_once`,
+where MAML's learners run the query forward, or under ``torch.no_grad()``) end each transductive
+block with :func:`metareg.ops.bn_pool_relu` on CPU: batch norm, pooling and ReLU in one kernel,
+fewer full-size passes over the activations, and no second derivative.  The inner steps' support
+forwards, which second-order MAML differentiates twice, keep the fused batch norm above.
+
 Exact rewrites used by the forward (they change results only by rounding):
 
 * a convolution's bias followed by batch norm cancels (the mean subtracts it; the variance does
@@ -54,9 +60,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import ops
 from ..errors import ConfigError, ShapeError
 from .batchnorm import batch_norm, grouped_batch_norm
-from .functional import Flatten, FunctionalNet, Layer, Linear
+from .functional import Flatten, FunctionalNet, Layer, Linear, is_differentiated_once
 
 __all__ = ["batch_norm", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "ResBlock", "ConvNet", "conv4",
            "resnet12"]
@@ -181,6 +188,13 @@ class ConvBlock(_NormLayer):
         s = self._stats_from(x, support_size, examples=x.shape[0])
         # conv.bias is skipped: batch norm's mean cancels it exactly (see the module docstring)
         y = grouped_conv2d(x, p["conv.weight"], None, t, batched, padding=1)
+        if s is None and is_differentiated_once() and ops._compiled("bn_pool_relu", y):
+            # batch norm, pool and ReLU in one kernel (differentiable once: see the module docstring)
+            tc = y.shape[1]
+            w, b = p["bn.weight"], p["bn.bias"]
+            w = w.reshape(tc) if w.dim() == 2 else w.repeat(t)
+            b = b.reshape(tc) if b.dim() == 2 else b.repeat(t)
+            return ops.bn_pool_relu(y, w, b, self.eps)
         y = grouped_batch_norm(y, p["bn.weight"], p["bn.bias"], t, eps=self.eps, support_size=s)
         return torch.relu(F.max_pool2d(y, 2))  # pool first: the same, on a quarter of the data
 

@@ -11,14 +11,42 @@ Shapes: inputs ``[T, N, *in_shape]``, outputs ``[T, N, out_dim]``.
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["Layer", "Linear", "ReLU", "Flatten", "FunctionalNet"]
+__all__ = ["Layer", "Linear", "ReLU", "Flatten", "FunctionalNet", "differentiated_once", "is_differentiated_once"]
+
+_once = threading.local()
+
+
+@contextlib.contextmanager
+def differentiated_once() -> Iterator[None]:
+    """Promise that the forwards run inside will be differentiated at most once (no
+    ``create_graph`` through them), so a backbone may use kernels without second derivatives.
+
+    MAML-family learners run the query forward at the fast weights inside it: the query loss is
+    differentiated once, and the second-order terms come from the inner steps' support graphs,
+    which run outside.  Conv4 then ends each block with :func:`metareg.ops.bn_pool_relu` (fewer
+    full-size passes on CPU).  A broken promise is not silent: differentiating such a gradient
+    again raises.  Forwards under ``torch.no_grad()`` need no promise.  Thread-local; nests.
+    """
+    depth = getattr(_once, "depth", 0)
+    _once.depth = depth + 1
+    try:
+        yield
+    finally:
+        _once.depth = depth
+
+
+def is_differentiated_once() -> bool:
+    """Whether the caller is inside :func:`differentiated_once` (or needs no gradient at all)."""
+    return getattr(_once, "depth", 0) > 0 or not torch.is_grad_enabled()
 
 
 class Layer:

@@ -23,7 +23,8 @@ from . import _reference
 from ._registration import DISABLE_ENV, extension, has_kernel, load_reason
 from ._table import OPS, SPECS
 
-__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "gram", "task_step", "mlp_meta_grad", "status"]
+__all__ = ["pairwise_cosine", "pairwise_cosine_norms", "gram", "task_step", "mlp_meta_grad", "bn_pool_relu",
+           "status"]
 
 # op -> device type -> the dtypes its compiled kernel takes (only where the extension has it); CPU
 # apart, since ``t.is_cpu`` costs a fifth of ``t.device.type`` on the per-step path
@@ -267,6 +268,36 @@ def task_step(params: Tensor, grads: Tensor, lr: float | Tensor) -> Tensor:
         _fallback("task_step", grads)
         out = _reference.task_step(params, grads, lr)
     return out.squeeze(0) if single else out
+
+
+def bn_pool_relu(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """``relu(max_pool2d(batch_norm(x), 2))``: the tail of a Conv4 block in one op.
+
+    x [N, C, H, W] (H, W >= 2); batch norm in training mode, mean and biased variance per channel
+    over (N, H, W), no running statistics, affine ``weight``, ``bias`` [C]; max-pooling by 2 with
+    odd sizes floored; returns [N, C, H // 2, W // 2] (channels-last from the CPU kernel).
+
+    The CPU kernel reads x twice in the forward and once in the backward, against about eight
+    full passes for the three PyTorch ops.  It is **differentiable once**: differentiating its
+    gradient again raises (second-order MAML's inner steps use the composed ops; see
+    :func:`metareg.nets.differentiated_once`).  A window's element is found by comparing
+    ``sign(weight) * x``: the one max-pooling takes unless two inputs round to the same output.
+    Elsewhere (CUDA, no extension): the three PyTorch ops.
+
+    Raises :class:`metareg.errors.ShapeError` for inputs of the wrong shape.
+    """
+    if _compiled("bn_pool_relu", x):
+        try:
+            return _ops.bn_pool_relu.default(x, weight, bias, float(eps))[0]
+        except RuntimeError as e:
+            if "metareg::bn_pool_relu:" not in str(e):
+                raise
+            raise ShapeError(str(e).split("\n")[0]) from None
+    if x.dim() != 4 or min(x.shape[2:], default=0) < 2 or weight.shape != (x.shape[1],) or bias.shape != weight.shape:
+        raise ShapeError(f"metareg.ops.bn_pool_relu: expected x [N, C, H, W] with H, W >= 2 and weight, bias [C], "
+                         f"got x of shape {_shape(x)}, weight {_shape(weight)}, bias {_shape(bias)}.")
+    _fallback("bn_pool_relu", x)
+    return _reference.bn_pool_relu(x, weight, bias, eps)
 
 
 def _implementation(op: str, device: str) -> dict:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 __all__ = ["pairwise_cosine", "pairwise_cosine_norms", "pairwise_cosine_backward", "gram", "task_step",
-           "task_step_backward", "mlp_meta_grad"]
+           "task_step_backward", "mlp_meta_grad", "bn_pool_relu", "bn_pool_relu_stats", "bn_pool_relu_backward"]
 
 
 def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
@@ -150,3 +150,45 @@ def mlp_meta_grad(theta: Tensor, widths, support_x: Tensor, support_y: Tensor, q
         grads = torch.autograd.grad(losses.mean(), wrt)
     d_lr = grads[1] if lr_grad else lr.new_empty((0,))
     return losses.detach(), grads[0], d_lr
+
+
+def bn_pool_relu(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:
+    """``relu(max_pool2d(batch_norm(x), 2))`` for x [N, C, H, W]: batch norm in training mode
+    (mean and biased variance per channel over N, H, W; no running statistics) with ``weight``,
+    ``bias`` [C], then max-pooling by 2 (odd sizes floored), then ReLU: the tail of a Conv4 block."""
+    y = torch.nn.functional.batch_norm(x, None, None, weight, bias, training=True, eps=eps)
+    return torch.relu(torch.nn.functional.max_pool2d(y, 2))
+
+
+def _window_choice(x: Tensor, weight: Tensor) -> Tensor:
+    """The flat index into each [H, W] plane of the element each pooling window of the normalised x
+    takes: the max of sign(weight) * x, first on ties (the kernel's rule; the same element as
+    max-pooling batch norm's output except where two x round to the same output)."""
+    s = torch.sign(weight).view(1, -1, 1, 1)
+    return torch.nn.functional.max_pool2d(s * x, 2, return_indices=True)[1]
+
+
+def bn_pool_relu_stats(x: Tensor, weight: Tensor, bias: Tensor,
+                       eps: float = 1e-5) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """What the compiled op returns: (out, xmax: the x each window chose, mean [C], invstd [C])."""
+    var, mean = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+    xmax = x.flatten(2).gather(2, _window_choice(x, weight).flatten(2)).view(*x.shape[:2], x.shape[2] // 2, -1)
+    return bn_pool_relu(x, weight, bias, eps), xmax, mean, torch.rsqrt(var + eps)
+
+
+def bn_pool_relu_backward(grad: Tensor, x: Tensor, weight: Tensor, out: Tensor, xmax: Tensor, mean: Tensor,
+                          invstd: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Gradients (d x, d weight, d bias) of :func:`bn_pool_relu` given the gradient of its output,
+    written out: G = the pooled gradient (zero where out = 0) at each window's chosen element,
+    xhat = (x - mean) invstd, M = N H W; d bias = sum G, d weight = sum G xhat,
+    d x = weight invstd (G - d bias / M - xhat d weight / M), sums per channel."""
+    n, c, h, w = x.shape
+    g = torch.where(out > 0, grad, torch.zeros_like(grad))
+    big = torch.zeros(n, c, h * w, dtype=x.dtype, device=x.device)
+    big = big.scatter(2, _window_choice(x, weight).flatten(2), g.flatten(2)).view(n, c, h, w)
+    xhat = (x - mean.view(1, c, 1, 1)) * invstd.view(1, c, 1, 1)
+    gb = big.sum((0, 2, 3))
+    gw = (big * xhat).sum((0, 2, 3))
+    m = n * h * w
+    gx = (weight * invstd).view(1, c, 1, 1) * (big - gb.view(1, c, 1, 1) / m - xhat * gw.view(1, c, 1, 1) / m)
+    return gx, gw, gb

@@ -87,6 +87,18 @@ def _register() -> None:
         return (theta.new_empty((support_x.shape[0],)), theta.new_empty(theta.shape),
                 lr.new_empty(lr.shape if lr_grad else (0,)))
 
+    @torch.library.register_fake(lib + "bn_pool_relu")
+    def _(x, weight, bias, eps):
+        n, c, h, w = x.shape
+        pooled = [torch.empty((n, c, h // 2, w // 2), dtype=x.dtype, device=x.device,
+                              memory_format=torch.channels_last) for _ in range(2)]
+        return pooled[0], pooled[1], x.new_empty((c,)), x.new_empty((c,))
+
+    @torch.library.register_fake(lib + "bn_pool_relu_backward")
+    def _(grad, x, weight, out, xmax, mean, invstd):
+        gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+        return gx, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
+
     ops = torch.ops.metareg
 
     # -- pairwise_cosine: the C++ backward op; its own autograd (below) makes it twice
@@ -138,6 +150,32 @@ def _register() -> None:
         return d_grad, d_grads, d_lr, None
 
     torch.library.register_autograd(lib + "task_step_backward", tsb_backward, setup_context=tsb_setup)
+
+    # -- bn_pool_relu: differentiable once.  The backward op's own autograd refuses, with a
+    # message, rather than letting autograd's fallback treat it as constant -----------------
+    def bpr_setup(ctx, inputs, output):
+        x, weight, _bias, _eps = inputs
+        out, xmax, mean, invstd = output
+        ctx.mark_non_differentiable(xmax, mean, invstd)
+        ctx.save_for_backward(x, weight, out, xmax, mean, invstd)
+
+    def bpr_backward(ctx, g_out, _g_xmax, _g_mean, _g_invstd):
+        x, weight, out, xmax, mean, invstd = ctx.saved_tensors
+        gx, gw, gb = ops.bn_pool_relu_backward(g_out, x, weight, out, xmax, mean, invstd)
+        return gx, gw, gb, None
+
+    torch.library.register_autograd(lib + "bn_pool_relu", bpr_backward, setup_context=bpr_setup)
+
+    def bprb_setup(ctx, inputs, output):
+        pass
+
+    def bprb_backward(ctx, *grads):
+        raise RuntimeError(
+            "metareg.ops.bn_pool_relu is differentiable once, and this graph differentiates it twice. Second-order "
+            "paths (MAML's inner steps) must use metareg.nets.batchnorm.fused_batch_norm, max_pool2d and relu; "
+            "metareg.nets.conv does so outside metareg.nets.differentiated_once().")
+
+    torch.library.register_autograd(lib + "bn_pool_relu_backward", bprb_backward, setup_context=bprb_setup)
 
 
 extension, load_reason = _load()

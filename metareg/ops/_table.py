@@ -94,6 +94,15 @@ OPS: tuple[OpSpec, ...] = (
         fallback=("reference", "metareg.ops._reference: autograd through the unrolled inner loop"),
         forward_only=True,
     ),
+    OpSpec(
+        "bn_pool_relu",
+        "relu(max_pool2d(batch_norm(x), 2)) for x [N, C, H, W], training-mode batch norm with weight, bias [C]: "
+        "the tail of a Conv4 block (differentiable once)",
+        uses=("bn_pool_relu", "bn_pool_relu_backward"),
+        kernels={"cpu": Kernel("C++: statistics, then normalise + pool + ReLU in one pass; backward in one full "
+                               "pass plus sums over the pooled tensors (channels-last, vectorised over C)", F32_F64)},
+        fallback=("reference", "F.batch_norm + max_pool2d + relu (cuDNN on CUDA)"),
+    ),
 )
 
 #: name -> spec

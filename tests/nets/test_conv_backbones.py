@@ -192,9 +192,11 @@ def test_task_chunks_equal_one_chunk():
 
 
 @pytest.mark.parametrize("algo", ["maml", "fomaml"])
-def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo):
-    # the learner's own path (flat theta, task_step, first-order detaching, several inner steps)
-    # on Conv4, against one task at a time through the independent reference forward
+def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo, monkeypatch):
+    # the learner's own path (flat theta, task_step, first-order detaching, several inner steps,
+    # the query forward through metareg.ops.bn_pool_relu where the extension is built) on Conv4,
+    # against one task at a time through the independent reference forward
+    from metareg import ops
     from metareg.learners import LearnerContext
     from metareg.plugins import get_registry
     from metareg.tasks import TaskBatch, TaskInfo
@@ -212,9 +214,12 @@ def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo):
     t, s, q = 3, 3, 6
     batch = TaskBatch(torch.randn(t, s, *shape, generator=g, dtype=D), torch.randint(0, ways, (t, s), generator=g),
                       torch.randn(t, q, *shape, generator=g, dtype=D), torch.randint(0, ways, (t, q), generator=g))
+    fused, real = [], ops.bn_pool_relu
+    monkeypatch.setattr(ops, "bn_pool_relu", lambda *a: fused.append(1) or real(*a))
     learner.zero_grad()
     learner.step(batch)
     got = learner.theta.grad.clone()
+    assert len(fused) == (4 if ops._compiled("bn_pool_relu", learner.theta) else 0)  # the query's four blocks
 
     theta = learner.theta.detach().clone().requires_grad_()
     want = torch.zeros_like(theta)
