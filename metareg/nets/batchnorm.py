@@ -70,6 +70,16 @@ def fused_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5)
 _DIMS = (0, 2, 3)
 
 
+def _like(g: Tensor, x: Tensor) -> Tensor:
+    """``g`` in ``x``'s memory format.  Gradients reaching batch norm in the outer backward of
+    second-order MAML come channels-first while the activations are channels-last, and the fused
+    backward kernel on mixed formats took 258 ms on [5, 2048, 28, 28] against 18 ms (plus a 5 ms
+    copy) on matching ones."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return g.contiguous(memory_format=torch.channels_last)
+    return g
+
+
 class _BatchNorm(torch.autograd.Function):
     """Training-mode batch norm of [N, C, H, W] (no running statistics): the fused forward and
     backward kernels, and a double backward of our own (:class:`_BatchNormBackward`)."""
@@ -111,7 +121,7 @@ class _BatchNormBackward(torch.autograd.Function):
     @staticmethod
     def forward(ctx, gy, x, weight, mean, invstd, eps):
         gx, gw, gb = torch.ops.aten.native_batch_norm_backward(
-            gy, x, weight, None, None, mean, invstd, True, eps, [True, True, True])
+            _like(gy, x), x, weight, None, None, mean, invstd, True, eps, [True, True, True])
         ctx.save_for_backward(gy, x, weight)
         ctx.eps = eps
         return gx, gw, gb
@@ -119,11 +129,13 @@ class _BatchNormBackward(torch.autograd.Function):
     @staticmethod
     def backward(ctx, ggx, ggw, ggb):
         gy, x, weight = ctx.saved_tensors
+        gy, ggx = _like(gy, x), _like(ggx, x)
         c = x.shape[1]
         m = x.numel() // c
-        var, mean = torch.var_mean(x, dim=_DIMS, correction=0, keepdim=True)
-        r = torch.rsqrt(var + ctx.eps)
-        xh = (x - mean) * r
+        # not torch.var_mean: 20x slower than these three passes on channels-last [5, 2048, 28, 28]
+        xc = x - x.mean(_DIMS, keepdim=True)
+        r = torch.rsqrt((xc * xc).mean(_DIMS, keepdim=True) + ctx.eps)
+        xh = xc * r
         w = weight.view(1, c, 1, 1)
         gm = gy.sum(_DIMS, keepdim=True) / m
         m1 = (gy * xh).sum(_DIMS, keepdim=True) / m
