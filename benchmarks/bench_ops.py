@@ -203,3 +203,45 @@ def test_gram(benchmark, shape, impl):
     a = torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(DEVICE)
     role, fn = GRAM_IMPLS[impl]
     _run(benchmark, lambda: fn(a), GRAM_SHAPES[shape], f"gram {_shape_id(shape)}", role, impl)
+
+
+# -- bn_pool_relu -----------------------------------------------------------------------------
+
+# Conv4's block tails in the query pass of a MAML step at meta-batch 32 on CPU: a 2-task chunk of
+# the grouped channels-last layout [N=75, 2*64, H, W] (first and second block), and one 32-task
+# support pass [5, 32*64, 28, 28]; forward + backward, as the step runs them.
+BN_SHAPES = {(75, 128, 28, 28): 60, (75, 128, 14, 14): 200, (5, 2048, 28, 28): 60}
+
+
+def _composed_bn_pool_relu(x, w, b):
+    # what metareg.nets.conv runs where the op is not taken: the fused batch-norm kernels (with our
+    # double backward), pooling before ReLU
+    from metareg.nets.batchnorm import fused_batch_norm
+
+    return torch.relu(F.max_pool2d(fused_batch_norm(x, w, b), 2))
+
+
+BN_IMPLS = {
+    "metareg": ("metareg", ops.bn_pool_relu),
+    "batch_norm + max_pool2d + relu": ("baseline", _composed_bn_pool_relu),
+    "F.batch_norm + max_pool2d + relu": ("baseline", lambda x, w, b: torch.relu(F.max_pool2d(
+        F.batch_norm(x, None, None, w, b, training=True), 2))),
+}
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="bn_pool_relu has a CPU kernel only (cuDNN composes the three ops)")
+@pytest.mark.parametrize("impl", list(BN_IMPLS))
+@pytest.mark.parametrize("shape", list(BN_SHAPES), ids=_shape_id)
+def test_bn_pool_relu(benchmark, shape, impl):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.rand(shape[1], generator=g) + 0.5).requires_grad_()
+    b = torch.randn(shape[1], generator=g).requires_grad_()
+    cot = torch.randn(shape[0], shape[1], shape[2] // 2, shape[3] // 2, generator=g).contiguous(
+        memory_format=torch.channels_last)
+    role, fn = BN_IMPLS[impl]
+
+    def step():
+        torch.autograd.grad(fn(x, w, b), (x, w, b), cot)
+
+    _run(benchmark, step, BN_SHAPES[shape], f"bn_pool_relu fwd+bwd {_shape_id(shape)}", role, impl)

@@ -226,12 +226,15 @@ class GradientMetaLearner(Learner):
         # row t = dL_t/dtheta); otherwise from theta itself, as the plain meta-gradient always did
         rows = mb.task_rows(self.theta, batch.num_tasks) if mb.needs_jacobian else None
         theta = self.theta if rows is None else rows
-        feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
+        # the frozen body's features (ANIL) and the query pass are differentiated once (the
+        # second-order terms come from the inner steps' support graphs, which run outside): the
+        # backbone may use kernels without second derivatives there
+        once = differentiated_once if rows is None and mb.plain else contextlib.nullcontext
+        with once():
+            feats_s, feats_q = self.features(theta, batch.support_x, batch.query_x)
         fast, _ = self.inner_loop(self._adapted(theta), feats_s, batch.support_y, self.config.inner_steps,
                              create_graph=not self.config.first_order)
-        # the query graph is differentiated once (the second-order terms come from the inner
-        # steps' graphs): the backbone may use kernels without second derivatives there
-        with differentiated_once() if rows is None and mb.plain else contextlib.nullcontext():
+        with once():
             query_losses = self.losses(self.predict_query(fast, feats_s, feats_q), batch.query_y)
         extra, out = None, {}
         if mb.adversarial:
@@ -306,10 +309,11 @@ class GradientMetaLearner(Learner):
         t, total = batch.num_tasks, 0.0
         for start in range(0, t, chunk):
             part = batch.slice(start, start + chunk)
-            feats_s, feats_q = self.features(self.theta, part.support_x, part.query_x)
+            with differentiated_once():  # as in step: the body's features are differentiated once
+                feats_s, feats_q = self.features(self.theta, part.support_x, part.query_x)
             fast, _ = self.inner_loop(self._adapted(self.theta), feats_s, part.support_y, self.config.inner_steps,
                                       create_graph=not self.config.first_order)
-            with differentiated_once():  # as in step: the query graph is differentiated once
+            with differentiated_once():  # and so is the query pass
                 losses = self.losses(self.predict_query(fast, feats_s, feats_q), part.query_y)
             (losses.sum() / t).backward()
             total = total + losses.detach().sum()

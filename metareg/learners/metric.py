@@ -15,6 +15,7 @@ embeddings.  With the defaults the step is the plain mean loss, computed as befo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import IncompatibleError
+from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch
 from .base import Learner, LearnerContext
 from .meta_batch import MetaBatchObjective
@@ -96,7 +98,10 @@ class EmbeddingLearner(Learner):
     def step(self, batch: TaskBatch) -> dict[str, float]:
         mo = self.meta_objective
         rows = mo.task_rows(self.theta, batch.num_tasks) if mo.needs_jacobian else None
-        logits, emb = self._episode(batch, rows)
+        # the plain objective differentiates the episode once: Conv4 may end its blocks with
+        # metareg.ops.bn_pool_relu (see metareg.nets.differentiated_once)
+        with differentiated_once() if rows is None and mo.plain else contextlib.nullcontext():
+            logits, emb = self._episode(batch, rows)
         extra, out = None, {}
         if mo.adversarial:
             extra, out = mo.adversarial_loss(emb, batch.task_ids)

@@ -163,3 +163,37 @@ def test_conv4_takes_the_op_only_where_differentiated_once(monkeypatch):
     with torch.no_grad():
         net(flat, x)
     assert len(calls) == 4  # no gradient at all: no promise needed
+
+
+@needs_ext
+@pytest.mark.parametrize("algo", ["protonet", "maml", "anil"])
+def test_learner_gradients_are_the_same_with_and_without_the_op(algo, monkeypatch):
+    # each learner that promises single differentiation gets the gradient of the composed ops
+    import metareg.nets.conv as conv
+    from metareg.learners import LearnerContext
+    from metareg.nets.conv import conv4
+    from metareg.plugins import get_registry
+    from metareg.tasks import TaskBatch, TaskInfo
+
+    d, shape, ways = torch.float64, (1, 16, 16), 3
+    spec = get_registry().get("algorithm", algo)
+    info = TaskInfo(input_shape=shape, output_dim=ways, loss="cross_entropy", metric="accuracy")
+    ctx = LearnerContext(task=info, make_backbone=lambda name=None: conv4(shape, ways, width=4),
+                         generator=torch.Generator().manual_seed(2), device=torch.device("cpu"), dtype=d)
+    learner = spec.factory(spec.config(), ctx)
+    g = torch.Generator().manual_seed(7)
+    batch = TaskBatch(torch.randn(2, 3, *shape, generator=g, dtype=d), torch.arange(3).expand(2, 3),
+                      torch.randn(2, 6, *shape, generator=g, dtype=d), torch.arange(3).repeat(2).expand(2, 6))
+    calls, real = [], ops.bn_pool_relu
+    monkeypatch.setattr(ops, "bn_pool_relu", lambda *a: calls.append(1) or real(*a))
+    grads = []
+    for fused in (True, False):
+        if not fused:
+            monkeypatch.setattr(conv, "is_differentiated_once", lambda: False)
+        learner.zero_grad()
+        learner.step(batch)
+        grads.append(torch.cat([p.grad.flatten() for p in learner.parameters() if p.grad is not None]))
+        assert bool(calls) == fused
+        calls.clear()
+    assert grads[1].abs().max() > 1e-6
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
