@@ -197,3 +197,22 @@ def test_learner_gradients_are_the_same_with_and_without_the_op(algo, monkeypatc
         calls.clear()
     assert grads[1].abs().max() > 1e-6
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-10, atol=1e-12)
+
+
+@needs_ext
+def test_torch_compile_fullgraph_forward_and_backward():
+    # aot_eager traces the op and its backward through the fake kernels and the registered autograd
+    x, weight, bias = _case(2, 3, 6, 5, dtype=torch.float32)
+
+    def f(x, w, b):
+        return ops.bn_pool_relu(x, w, b).square().sum()
+
+    eager = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    compiled = [t.clone().requires_grad_() for t in (x, weight, bias)]
+    torch._dynamo.reset()
+    y_e, y_c = f(*eager), torch.compile(f, fullgraph=True, backend="aot_eager")(*compiled)
+    torch.testing.assert_close(y_c, y_e)
+    y_e.backward()
+    y_c.backward()
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c.grad, e.grad)
