@@ -132,10 +132,16 @@ class Distributed:
                              batch.task_ids)
         return batch.slice(*_bounds(self.part(batch.num_tasks, "meta_batch (tasks per step)")))
 
-    def close(self) -> None:
+    def close(self, *, finished: bool = False) -> None:
+        """Leave the process group.  ``finished``: every rank got here by finishing the run, so
+        they first wait for each other, and no rank tears its connections down while another is
+        still in its last collective (not after an error: the others may never arrive, and the
+        launcher stops them)."""
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if finished:
+                dist.barrier()
             dist.destroy_process_group()
 
 

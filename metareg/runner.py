@@ -316,6 +316,7 @@ class Run:
         writes = self.dist is None or self.dist.is_main  # only rank 0 writes files
         out = self.prepare_output(resume=resume) if writes else None
         lock = FolderLock(out) if out is not None else None
+        finished = False
         try:
             prev = self.out / "summary.json" if self.out is not None else None
             if resume and prev.is_file() and not prev.is_symlink():
@@ -326,12 +327,14 @@ class Run:
                 if done.get("status") == "completed":
                     log.info("%s is complete; nothing to resume", self.out)
                     return {**done, "out": str(self.out), "resumed": "already complete"}
-            return self._execute(out, progress, resume)
+            summary = self._execute(out, progress, resume)
+            finished = True
+            return summary
         finally:
             if lock is not None:
                 lock.release()
             if self.dist is not None:
-                self.dist.close()
+                self.dist.close(finished=finished)
             torch.set_num_threads(threads_before)  # the caller's process keeps its own setting
 
     def _execute(self, out: Path | None, progress: bool | None, resume: bool) -> dict[str, Any]:
