@@ -77,6 +77,11 @@ inline int pick(T s, T v0, T v1, T v2, T v3) {
   return idx;
 }
 
+template <typename T>
+inline T sign_of(T v) {
+  return v > T(0) ? T(1) : (v < T(0) ? T(-1) : T(0));
+}
+
 // Shifted sums of `n` positions of C channels: s += x - shift, q += (x - shift)^2.
 template <typename T>
 METAREG_CLONES void stats_rows(const T* x, int64_t n, int64_t C, const double* shift, double* s, double* q) {
@@ -217,7 +222,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_pool_relu_cpu(cons
     const std::vector<double> sums = block_sums(positions, 2 * C, [&](double* acc, int64_t p0, int64_t p1) {
       stats_rows<T>(xp + p0 * C, p1 - p0, C, shift.data(), acc, acc + C);
     });
-    std::vector<T> sgn(C), a(C), mu(C), b(C);
+    std::vector<T> sgn(C), a(C);
     T* mp = mean.data_ptr<T>();
     T* ip = invstd.data_ptr<T>();
     const T* wp = weight.data_ptr<T>();
@@ -226,11 +231,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_pool_relu_cpu(cons
       const double m1 = sums[c] / positions;
       const double var = std::max(0.0, sums[C + c] / positions - m1 * m1);
       const double is = 1.0 / std::sqrt(var + eps);
-      mp[c] = mu[c] = static_cast<T>(shift[c] + m1);
+      mp[c] = static_cast<T>(shift[c] + m1);
       ip[c] = static_cast<T>(is);
       a[c] = static_cast<T>(is * static_cast<double>(wp[c]));
-      sgn[c] = a[c] > T(0) ? T(1) : (a[c] < T(0) ? T(-1) : T(0));
-      b[c] = bp[c];
+      sgn[c] = sign_of(a[c]);
     }
     // pass 2: normalise, pool, ReLU
     T* op = out.data_ptr<T>();
@@ -240,7 +244,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_pool_relu_cpu(cons
                        for (int64_t r = r0; r < r1; ++r) {
                          const int64_t n = r / Ho, oh = r % Ho;
                          const T* x0 = xp + ((n * H + 2 * oh) * W) * C;
-                         pool_forward_row<T>(x0, x0 + W * C, Wo, C, sgn.data(), a.data(), mu.data(), b.data(),
+                         pool_forward_row<T>(x0, x0 + W * C, Wo, C, sgn.data(), a.data(), mp, bp,
                                              op + r * Wo * C, xm + r * Wo * C);
                        }
                      });
@@ -290,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_pool_relu_backward_cpu(
       gwp[c] = static_cast<T>(sgxh);
       // d x = a (G - mean(G) - xhat mean(G xhat)), xhat = (x - mean) invstd
       a[c] = static_cast<T>(ac);
-      sgn[c] = a[c] > T(0) ? T(1) : (a[c] < T(0) ? T(-1) : T(0));
+      sgn[c] = sign_of(a[c]);
       q[c] = static_cast<T>(-ac * is * sgxh / positions);
       r[c] = static_cast<T>(-ac * sg / positions);
     }

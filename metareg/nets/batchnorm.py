@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["batch_norm", "grouped_batch_norm", "fused_batch_norm"]
+__all__ = ["batch_norm", "grouped_batch_norm", "grouped_affine", "fused_batch_norm"]
 
 
 def batch_norm(x: Tensor, weight: Tensor, bias: Tensor, *, eps: float = 1e-5,
@@ -50,13 +50,20 @@ def grouped_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, t: int, *, eps: 
     [T, C]: statistics per task and channel over the N examples (or the first ``support_size``)
     and the spatial positions.  Equals :func:`batch_norm` on the [T, N, C, H, W] layout."""
     tc = x.shape[1]
-    w = weight.reshape(tc) if weight.dim() == 2 else weight.repeat(t)
-    b = bias.reshape(tc) if bias.dim() == 2 else bias.repeat(t)
+    w, b = grouped_affine(weight, bias, t)
     if support_size is None:
         return fused_batch_norm(x, w, b, eps)
     var, mean = torch.var_mean(x[:support_size], dim=(0, 2, 3), correction=0, keepdim=True)
     a = torch.rsqrt(var + eps) * w.view(1, tc, 1, 1)
     return torch.addcmul((b.view(1, tc, 1, 1) - mean * a), x, a)
+
+
+def grouped_affine(weight: Tensor, bias: Tensor, t: int) -> tuple[Tensor, Tensor]:
+    """Batch norm's ``weight``, ``bias`` [C] (shared by the tasks) or [T, C] (per task) as the
+    [T*C] channels of the grouped layout."""
+    if weight.dim() == 2:
+        return weight.reshape(-1), bias.reshape(-1)
+    return weight.repeat(t), bias.repeat(t)
 
 
 def fused_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> Tensor:

@@ -62,7 +62,7 @@ from torch import Tensor
 
 from .. import ops
 from ..errors import ConfigError, ShapeError
-from .batchnorm import batch_norm, grouped_batch_norm
+from .batchnorm import batch_norm, grouped_affine, grouped_batch_norm
 from .functional import Flatten, FunctionalNet, Layer, Linear, is_differentiated_once
 
 __all__ = ["batch_norm", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "ResBlock", "ConvNet", "conv4",
@@ -190,11 +190,7 @@ class ConvBlock(_NormLayer):
         y = grouped_conv2d(x, p["conv.weight"], None, t, batched, padding=1)
         if s is None and is_differentiated_once() and ops._compiled("bn_pool_relu", y):
             # batch norm, pool and ReLU in one kernel (differentiable once: see the module docstring)
-            tc = y.shape[1]
-            w, b = p["bn.weight"], p["bn.bias"]
-            w = w.reshape(tc) if w.dim() == 2 else w.repeat(t)
-            b = b.reshape(tc) if b.dim() == 2 else b.repeat(t)
-            return ops.bn_pool_relu(y, w, b, self.eps)
+            return ops.bn_pool_relu(y, *grouped_affine(p["bn.weight"], p["bn.bias"], t), self.eps)
         y = grouped_batch_norm(y, p["bn.weight"], p["bn.bias"], t, eps=self.eps, support_size=s)
         return torch.relu(F.max_pool2d(y, 2))  # pool first: the same, on a quarter of the data
 

@@ -166,16 +166,13 @@ def _register() -> None:
 
     torch.library.register_autograd(lib + "bn_pool_relu", bpr_backward, setup_context=bpr_setup)
 
-    def bprb_setup(ctx, inputs, output):
-        pass
-
     def bprb_backward(ctx, *grads):
         raise RuntimeError(
             "metareg.ops.bn_pool_relu is differentiable once, and this graph differentiates it twice. Second-order "
             "paths (MAML's inner steps) must use metareg.nets.batchnorm.fused_batch_norm, max_pool2d and relu; "
             "metareg.nets.conv does so outside metareg.nets.differentiated_once().")
 
-    torch.library.register_autograd(lib + "bn_pool_relu_backward", bprb_backward, setup_context=bprb_setup)
+    torch.library.register_autograd(lib + "bn_pool_relu_backward", bprb_backward)
 
 
 extension, load_reason = _load()
