@@ -4,7 +4,11 @@ Conv4, 5-way 1-shot 15-query, 28x28x1 synthetic images, meta-batch T (32), one f
 including Adam, for each inner-step count and each path:
 
 * ``stored``    metareg maml, every inner step's second-order graph kept until the backward;
-* ``recompute`` metareg maml with ``recompute=true`` (one step's graph at a time in the backward);
+* ``recompute`` metareg maml with ``recompute=true`` (one step's graph at a time in the backward;
+                on CPU the step follows Conv4's own chunks of tasks, 2 here, so one chunk's graph
+                is alive at a time);
+* ``recompute_whole`` ``recompute=true`` with ``task_chunk=T``: the whole meta-batch's query graph
+                at once (what ``recompute`` was before it followed the backbone's chunks);
 * ``chunked``   ``recompute=true`` and ``task_chunk=--chunk`` (2): the meta-batch a chunk at a time;
 * ``imaml``     metareg imaml (proximal inner steps without a graph, ``cg_steps`` CG iterations);
 * ``loop``      the per-task loop of learn2learn and higher: for each task, the inner steps with
@@ -41,7 +45,7 @@ from torch import nn
 from torch.func import functional_call
 
 WAYS, SHOTS, QUERY, LR = 5, 1, 15, 0.1
-PATHS = ("stored", "recompute", "chunked", "imaml", "loop", "loop1")
+PATHS = ("stored", "recompute", "recompute_whole", "chunked", "imaml", "loop", "loop1")
 
 
 def episodes(t: int, device: str):
@@ -99,7 +103,8 @@ def make_step(path: str, steps: int, t: int, device: str, cg_steps: int, chunk: 
             over.update(cg_steps=cg_steps, lam=1.0)
         else:
             spec = get_registry().get("algorithm", "maml")
-            over.update(recompute=path in ("recompute", "chunked"), task_chunk=chunk if path == "chunked" else 0)
+            over.update(recompute=path in ("recompute", "recompute_whole", "chunked"),
+                        task_chunk={"chunked": chunk, "recompute_whole": t}.get(path, 0))
         learner = spec.factory(spec.config(**over), ctx).to(device)
         opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
         batch = TaskBatch(sx, sy, qx, qy)

@@ -102,6 +102,9 @@ inline StepDims check_task_step(const char* op, const at::Tensor& params, const 
   return {T, P, shared, lr_kind};
 }
 
+// t in the channels-last layout the CPU image kernels read (a no-op when it already is).
+inline at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
+
 struct PoolDims {
   int64_t N, C, H, W;
 };

@@ -63,6 +63,14 @@ TORCH_LIBRARY(metareg, m) {
   // the forward returned.  Not differentiable itself (bn_pool_relu is differentiable once).
   m.def("bn_pool_relu_backward(Tensor grad, Tensor x, Tensor weight, Tensor out, Tensor xmax, Tensor mean, "
         "Tensor invstd) -> (Tensor, Tensor, Tensor)");
+  // A 3x3 convolution, stride 1, padding 1, no bias, of x [N, groups * C_in, H, W] with weight
+  // [groups * C_out, C_in, 3, 3] by Winograd's F(4x4, 3x3) -> [N, groups * C_out, H, W]
+  // (channels-last).  CPU only.
+  m.def("conv3x3_winograd(Tensor x, Tensor weight, int groups) -> Tensor");
+  // Its gradients (d x, d weight) from the gradient of the output; one not asked for is an empty
+  // tensor.  Not differentiable itself (conv3x3_winograd is differentiable once).
+  m.def("conv3x3_winograd_backward(Tensor grad, Tensor x, Tensor weight, int groups, bool need_x, bool need_weight) "
+        "-> (Tensor, Tensor)");
 }
 
 namespace {

@@ -99,10 +99,21 @@ def test_recompute_with_a_gradient_combiner_gives_the_per_task_rows():
     torch.testing.assert_close(seen["jac"], want, rtol=1e-10, atol=1e-12)
 
 
-def test_recompute_on_conv4_equals_the_stored_path(monkeypatch):
+@pytest.mark.parametrize("chunk", [3, 2], ids=["one_chunk", "backbone_chunks"])
+def test_recompute_on_conv4_equals_the_stored_path(monkeypatch, chunk):
     # the stored path is checked against an independent per-task Conv4 reference in
-    # tests/nets/test_conv_backbones.py; batch norm and the autograd inner gradient here
+    # tests/nets/test_conv_backbones.py; batch norm and the autograd inner gradient here.
+    # backbone_chunks: the backbone splits the 3 tasks into chunks of 2 and 1 on CPU, and the
+    # recompute step then runs chunk by chunk (each chunk's inner steps and query pass)
     spy = _Spy(monkeypatch)
+    chunked = []
+    real_chunked = meta.GradientMetaLearner._chunked_step
+
+    def spy_chunked(self, batch, n):
+        chunked.append(n)
+        return real_chunked(self, batch, n)
+
+    monkeypatch.setattr(meta.GradientMetaLearner, "_chunked_step", spy_chunked)
     shape, ways, steps = (1, 16, 16), 3, 3
     g = torch.Generator().manual_seed(7)
     t, s, q = 3, 3, 6
@@ -113,12 +124,16 @@ def test_recompute_on_conv4_equals_the_stored_path(monkeypatch):
     grads = []
     for rc in (False, True):
         net = conv4(shape, ways, width=4)
+        # the largest activation of one task: [q, 4, 16, 16] float64
+        net.cpu_chunk_bytes = chunk * q * 4 * 16 * 16 * 8
         ctx = LearnerContext(task=info, make_backbone=lambda name=None: net,
                              generator=torch.Generator().manual_seed(2), dtype=D)
         learner = spec.factory(spec.config(inner_lr=0.3, inner_steps=steps, recompute=rc), ctx)
         learner.step(batch)
         grads.append(learner.theta.grad)
-    assert spy.calls == steps and grads[0].abs().max() > 1e-6
+    chunks = -(-t // chunk)
+    assert spy.calls == steps * chunks and grads[0].abs().max() > 1e-6
+    assert chunked == ([chunk] if chunk < t else [])  # only the recompute step follows the backbone's chunks
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-12, atol=1e-14)
 
 

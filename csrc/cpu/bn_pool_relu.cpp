@@ -198,7 +198,6 @@ std::vector<double> block_sums(int64_t rows, int64_t width, F body) {
   return total;
 }
 
-at::Tensor channels_last(const at::Tensor& t) { return t.contiguous(at::MemoryFormat::ChannelsLast); }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> bn_pool_relu_cpu(const at::Tensor& x_in,
                                                                              const at::Tensor& weight_in,

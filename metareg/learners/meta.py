@@ -51,7 +51,9 @@ class GradientMetaConfig:
                                     "gradient reversal (0: off); needs training tasks with ids", ge=0)
     recompute: bool = param(False, "second order: keep only each inner step's fast weights [T, P] and recompute the "
                                    "step's graph in the backward pass (peak memory flat in inner_steps, the same "
-                                   "meta-gradient, about one more support forward and gradient per step)")
+                                   "meta-gradient, about one more support forward and gradient per step); where the "
+                                   "backbone splits the meta-batch into chunks anyway (conv4/resnet12 on CPU) and "
+                                   "task_chunk is 0, the step also runs one such chunk at a time")
     task_chunk: int = param(0, "run the meta-batch this many tasks at a time, each chunk's share of the loss "
                                "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
                                "instead of the whole meta-batch; 0: all at once)", ge=0)
@@ -218,7 +220,7 @@ class GradientMetaLearner(Learner):
             warnings.warn(f"{type(self).__name__}: compile=true ignored: it compiles the closed-form meta-gradient, "
                           "which needs an MLP backbone (every layer with R-operators), combiner=equal, adversarial=0 "
                           "and whole-network adaptation; this step runs through autograd.", stacklevel=2)
-        chunk = getattr(self.config, "task_chunk", 0)
+        chunk = getattr(self.config, "task_chunk", 0) or self._recompute_chunk(batch)
         if chunk and chunk < batch.num_tasks:
             return self._chunked_step(batch, chunk)
         mb = self.meta_objective
@@ -301,6 +303,19 @@ class GradientMetaLearner(Learner):
 
             fn = self.__dict__["_compiled_fn"] = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
         return fn
+
+    def _recompute_chunk(self, batch: TaskBatch) -> int:
+        """Tasks per chunk of a ``recompute`` step without ``task_chunk``: the backbone's own chunk
+        where it splits the meta-batch anyway (Conv4 and ResNet-12 on CPU, see
+        ``ConvNet.tasks_per_chunk``), so the query graph is one chunk's as well as the inner
+        steps' (recompute alone would still hold every task's query activations); 0 (the whole
+        meta-batch) elsewhere, and for objectives that need every task at once."""
+        mo = self.meta_objective
+        if (not getattr(self.config, "recompute", False) or self.config.first_order or not mo.plain
+                or mo.adversarial or mo.needs_jacobian):
+            return 0
+        per_chunk = getattr(self.net, "tasks_per_chunk", None)
+        return per_chunk(batch.query_x) if per_chunk is not None else 0
 
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
         """The plain meta-gradient ``chunk`` tasks at a time (``task_chunk``): the tasks are

@@ -73,6 +73,13 @@ __all__ = ["batch_norm", "grouped_batch_norm", "grouped_conv2d", "ConvBlock", "R
 IM2COL_MAX = 32
 
 
+#: 3x3 convolutions differentiated at most once (see :func:`metareg.nets.differentiated_once`) run
+#: by Winograd's F(4x4, 3x3) (:func:`metareg.ops.conv3x3_winograd`, CPU) on images at least this
+#: large with at least this many input and output channels per task: on Conv4's query shapes it
+#: is 1.7x oneDNN's direct convolution forward + backward at 14x14, 1.2x at 7x7, slower at 3x3
+#: (``benchmarks/bench_ops.py -k winograd``)
+WINOGRAD_MIN_SIZE, WINOGRAD_MIN_CHANNELS = 6, 16
+
 #: memory format of the grouped layout: channels-last ([N, H, W, T*C] in memory) makes
 #: max-pooling 7x and batch norm 1.2-3x faster on CPU than channels-first, and the grouped
 #: convolutions (oneDNN's native format) 1.1-1.4x faster
@@ -98,6 +105,12 @@ def grouped_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, t: int, batch
     its T groups."""
     n, tc, h, w = x.shape
     c = tc // t
+    if (weight.shape[-1] == 3 and padding == 1 and bias is None and min(h, w) >= WINOGRAD_MIN_SIZE
+            and min(c, weight.shape[-4]) >= WINOGRAD_MIN_CHANNELS and not (x.is_contiguous() and not batched)
+            and is_differentiated_once() and ops._compiled("conv3x3_winograd", x)):
+        # differentiated at most once: Winograd's F(4x4, 3x3), 4x fewer multiplications
+        weight = weight.reshape(-1, c, 3, 3) if batched else weight.repeat(t, 1, 1, 1)
+        return _in_format(ops.conv3x3_winograd(x, weight, t))
     if not batched:
         if x.is_contiguous():
             # channels-first [N, T*C, H, W] is [N*T, C, H, W] in memory: one plain convolution
@@ -272,6 +285,13 @@ class ConvNet(FunctionalNet):
             fs = flat.split(chunk) if batched else [flat] * len(xs)
             return torch.cat([self._forward(f, xi, start, end, batched, support_size) for f, xi in zip(fs, xs)])
         return self._forward(flat, x, start, end, batched, support_size)
+
+    def tasks_per_chunk(self, x: Tensor, start: int = 0, end: int | None = None) -> int:
+        """How many tasks of ``x`` [T, N, C, H, W] one pass over layers ``start:end`` takes at a
+        time: fewer than T on CPU when the activations would pass ``cpu_chunk_bytes``, else T.
+        A learner that runs its meta-batch chunk by chunk (MAML's ``recompute``) follows it, so
+        its chunks cost no batching the forward had not already given up."""
+        return self._task_chunk(x, start, len(self.layers) if end is None else end)
 
     def _task_chunk(self, x: Tensor, start: int, end: int) -> int:
         """How many tasks one pass over layers ``start:end`` takes on CPU (see ``cpu_chunk_bytes``)."""

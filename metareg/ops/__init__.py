@@ -16,6 +16,7 @@ import math
 import warnings
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError, ShapeError
@@ -24,6 +25,7 @@ from ._registration import DISABLE_ENV, extension, has_kernel, load_reason
 from ._table import OPS, SPECS
 
 __all__ = ["pairwise_cosine", "pairwise_cosine_norms", "gram", "task_step", "mlp_meta_grad", "bn_pool_relu",
+           "conv3x3_winograd",
            "status"]
 
 # op -> device type -> the dtypes its compiled kernel takes (only where the extension has it); CPU
@@ -298,6 +300,37 @@ def bn_pool_relu(x: Tensor, weight: Tensor, bias: Tensor, eps: float = 1e-5) -> 
                          f"got x of shape {_shape(x)}, weight {_shape(weight)}, bias {_shape(bias)}.")
     _fallback("bn_pool_relu", x)
     return _reference.bn_pool_relu(x, weight, bias, eps)
+
+
+def conv3x3_winograd(x: Tensor, weight: Tensor, groups: int = 1) -> Tensor:
+    """``F.conv2d(x, weight, padding=1, groups=groups)`` for 3x3 weights, by Winograd's F(4x4, 3x3).
+
+    x [N, C, H, W], weight [O, C / groups, 3, 3] (O divisible by ``groups``), stride 1, padding 1,
+    no bias; returns [N, O, H, W] (channels-last from the CPU kernel).  Each 4x4 output tile comes
+    from a 6x6 input tile with 36 multiplications per channel pair instead of 144; the products
+    run as batched BLAS calls on blocks of tiles that stay in cache.  The result is the
+    convolution's up to rounding: in float32 a few times a direct convolution's error (relative
+    ~1e-5 of the output's scale), in float64 ~1e-14.  Faster than oneDNN's direct convolution
+    here from about 7x7 images with 64 channels (``benchmarks/bench_ops.py``); Conv4's query pass
+    uses it on 14x14 and 7x7 (see :mod:`metareg.nets.conv`).
+
+    **Differentiable once**, like :func:`bn_pool_relu`.  Elsewhere (CUDA, no extension):
+    ``F.conv2d``.  Raises :class:`metareg.errors.ShapeError` for inputs of the wrong shape.
+    """
+    if _compiled("conv3x3_winograd", x):
+        try:
+            return _ops.conv3x3_winograd.default(x, weight, int(groups))
+        except RuntimeError as e:
+            if "metareg::conv3x3_winograd:" not in str(e):
+                raise
+            raise ShapeError(str(e).split("\n")[0]) from None
+    if (x.dim() != 4 or weight.dim() != 4 or tuple(weight.shape[2:]) != (3, 3) or groups < 1
+            or weight.shape[0] % groups or weight.shape[1] * groups != x.shape[1]):
+        raise ShapeError(f"metareg.ops.conv3x3_winograd: expected x [N, C, H, W] and weight [O, C / groups, 3, 3] "
+                         f"with O divisible by groups, got x of shape {_shape(x)}, weight {_shape(weight)}, "
+                         f"groups={groups}.")
+    _fallback("conv3x3_winograd", x)
+    return F.conv2d(x, weight, padding=1, groups=groups)
 
 
 def _implementation(op: str, device: str) -> dict:

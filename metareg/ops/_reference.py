@@ -15,7 +15,8 @@ import torch
 from torch import Tensor
 
 __all__ = ["pairwise_cosine", "pairwise_cosine_norms", "pairwise_cosine_backward", "gram", "task_step",
-           "task_step_backward", "mlp_meta_grad", "bn_pool_relu", "bn_pool_relu_stats", "bn_pool_relu_backward"]
+           "task_step_backward", "mlp_meta_grad", "bn_pool_relu", "bn_pool_relu_stats", "bn_pool_relu_backward",
+           "conv3x3_winograd", "conv3x3_winograd_backward"]
 
 
 def pairwise_cosine(a: Tensor, b: Tensor | None = None, eps: float = 1e-8) -> Tensor:
@@ -192,3 +193,37 @@ def bn_pool_relu_backward(grad: Tensor, x: Tensor, weight: Tensor, out: Tensor, 
     m = n * h * w
     gx = (weight * invstd).view(1, c, 1, 1) * (big - gb.view(1, c, 1, 1) / m - xhat * gw.view(1, c, 1, 1) / m)
     return gx, gw, gb
+
+
+# Winograd F(4x4, 3x3) (Lavin & Gray 2016): y = A^T [(G w G^T) * (B^T d B)] A per 4x4 output tile
+_WINOGRAD_BT = ((4, 0, -5, 0, 1, 0), (0, -4, -4, 1, 1, 0), (0, 4, -4, -1, 1, 0), (0, -2, -1, 2, 1, 0),
+                (0, 2, -1, -2, 1, 0), (0, 4, 0, -5, 0, 1))
+_WINOGRAD_G = ((1 / 4, 0, 0), (-1 / 6, -1 / 6, -1 / 6), (-1 / 6, 1 / 6, -1 / 6), (1 / 24, 1 / 12, 1 / 6),
+               (1 / 24, -1 / 12, 1 / 6), (0, 0, 1))
+_WINOGRAD_AT = ((1, 1, 1, 1, 1, 0), (0, 1, -1, 2, -2, 0), (0, 1, 1, 4, 4, 0), (0, 1, -1, 8, -8, 1))
+
+
+def conv3x3_winograd(x: Tensor, weight: Tensor, groups: int = 1) -> Tensor:
+    """``F.conv2d(x, weight, padding=1, groups=groups)`` for 3x3 weights [groups * O, C, 3, 3],
+    computed as the compiled op does: Winograd's F(4x4, 3x3) on 6x6 input tiles (the same result
+    up to rounding).  Differentiable (plain torch ops)."""
+    n, c, h, w = x.shape
+    bt, gm, at = (torch.tensor(m, dtype=x.dtype, device=x.device) for m in (_WINOGRAD_BT, _WINOGRAD_G, _WINOGRAD_AT))
+    th, tw = -(-h // 4), -(-w // 4)
+    d = torch.nn.functional.pad(x, (1, 4 * tw + 1 - w, 1, 4 * th + 1 - h)).unfold(2, 6, 4).unfold(3, 6, 4)
+    v = torch.einsum("ai,nctwij,bj->nctwab", bt, d, bt).reshape(n, groups, c // groups, th, tw, 6, 6)
+    u = torch.einsum("ai,ocij,bj->ocab", gm, weight, gm)
+    u = u.reshape(groups, -1, c // groups, 6, 6)
+    m = torch.einsum("ngcthab,gocab->ngothab", v, u)
+    y = torch.einsum("ia,ngothab,jb->ngothij", at, m, at)  # [N, G, O, th, tw, 4, 4]
+    return y.permute(0, 1, 2, 3, 5, 4, 6).reshape(n, -1, 4 * th, 4 * tw)[:, :, :h, :w]
+
+
+def conv3x3_winograd_backward(grad: Tensor, x: Tensor, weight: Tensor, groups: int, need_x: bool = True,
+                              need_weight: bool = True) -> tuple[Tensor, Tensor]:
+    """What the compiled backward returns: (d x, d weight) of :func:`conv3x3_winograd`, an empty
+    tensor for one not asked for."""
+    x = x.detach().requires_grad_()
+    weight = weight.detach().requires_grad_()
+    gx, gw = torch.autograd.grad(conv3x3_winograd(x, weight, groups), (x, weight), grad)
+    return (gx if need_x else x.new_empty((0,))), (gw if need_weight else weight.new_empty((0,)))

@@ -99,6 +99,18 @@ def _register() -> None:
         gx = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
         return gx, weight.new_empty(weight.shape), weight.new_empty(weight.shape)
 
+    @torch.library.register_fake(lib + "conv3x3_winograd")
+    def _(x, weight, groups):
+        n, _, h, w = x.shape
+        return torch.empty((n, weight.shape[0], h, w), dtype=x.dtype, device=x.device,
+                           memory_format=torch.channels_last)
+
+    @torch.library.register_fake(lib + "conv3x3_winograd_backward")
+    def _(grad, x, weight, groups, need_x, need_weight):
+        gx = (torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last) if need_x
+              else x.new_empty((0,)))
+        return gx, (weight.new_empty(weight.shape) if need_weight else weight.new_empty((0,)))
+
     ops = torch.ops.metareg
 
     # -- pairwise_cosine: the C++ backward op; its own autograd (below) makes it twice
@@ -173,6 +185,28 @@ def _register() -> None:
             "metareg.nets.conv does so outside metareg.nets.differentiated_once().")
 
     torch.library.register_autograd(lib + "bn_pool_relu_backward", bprb_backward)
+
+    # -- conv3x3_winograd: differentiable once, like bn_pool_relu ----------------------------
+    def cw_setup(ctx, inputs, output):
+        x, weight, groups = inputs
+        ctx.groups = groups
+        ctx.save_for_backward(x, weight)
+
+    def cw_backward(ctx, g_out):
+        x, weight = ctx.saved_tensors
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        gx, gw = ops.conv3x3_winograd_backward(g_out, x, weight, ctx.groups, need_x, need_w)
+        return (gx if need_x else None), (gw if need_w else None), None
+
+    torch.library.register_autograd(lib + "conv3x3_winograd", cw_backward, setup_context=cw_setup)
+
+    def cwb_backward(ctx, *grads):
+        raise RuntimeError(
+            "metareg.ops.conv3x3_winograd is differentiable once, and this graph differentiates it twice. "
+            "Second-order paths (MAML's inner steps) must use F.conv2d; metareg.nets.conv does so outside "
+            "metareg.nets.differentiated_once().")
+
+    torch.library.register_autograd(lib + "conv3x3_winograd_backward", cwb_backward)
 
 
 extension, load_reason = _load()

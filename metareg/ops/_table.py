@@ -103,6 +103,15 @@ OPS: tuple[OpSpec, ...] = (
                                "pass plus sums over the pooled tensors (channels-last, vectorised over C)", F32_F64)},
         fallback=("reference", "F.batch_norm + max_pool2d + relu (cuDNN on CUDA)"),
     ),
+    OpSpec(
+        "conv3x3_winograd",
+        "F.conv2d(x, weight, padding=1, groups=groups) for x [N, C, H, W] and 3x3 weight [O, C / groups, 3, 3] "
+        "by Winograd's F(4x4, 3x3): 4x fewer multiplications (differentiable once)",
+        uses=("conv3x3_winograd", "conv3x3_winograd_backward"),
+        kernels={"cpu": Kernel("C++: tile transforms + batched BLAS products, 32 tiles at a time per thread in "
+                               "cache (channels-last, vectorised over C)", F32_F64)},
+        fallback=("reference", "F.conv2d (oneDNN on CPU, cuDNN on CUDA)"),
+    ),
 )
 
 #: name -> spec

@@ -1,0 +1,359 @@
+// CPU kernels of metareg::conv3x3_winograd (a 3x3 convolution, stride 1, padding 1, grouped, no
+// bias) and of its backward, by Winograd's minimal filtering F(4x4, 3x3) (Lavin & Gray, "Fast
+// Algorithms for Convolutional Neural Networks", CVPR 2016).
+//
+// Why: the query pass of a Conv4 MAML step is bound by its 64-channel convolutions, which oneDNN
+// runs as direct convolutions at this CPU's GEMM rate (benchmarks/conv_floor.py).  F(4x4, 3x3)
+// computes each 4x4 output tile from a 6x6 input tile with 36 multiplications per (input,
+// output) channel pair instead of 144, so the products, 36 batched GEMMs of [tiles, C_in] x
+// [C_in, C_out] per group, are 4x fewer; the transforms between them are additions and small
+// constant multiples, done here in one pass each, vectorised over the channels (channels-last).
+//
+//   forward    V = B^T d B     (input tiles, [G, 36, tiles, C_in])     one read of x
+//              M = V U         (U = G w G^T, [G, 36, C_in, C_out])     at::matmul (BLAS)
+//              y = A^T M A     (output tiles)                          one write of y
+//   backward   d x = the forward on d y with the flipped, transposed weights
+//              d U = V^T (A dy A^T), d w = G^T dU G                    one more read of x and dy
+//
+// The result is the convolution's up to rounding: the transforms multiply by up to 8 and sum up
+// to 36 terms, so float32 errors are several times a direct convolution's (float64: ~1e-14).
+// Differentiable once (metareg/ops/_registration.py): only the query pass, whose convolutions
+// are differentiated once, uses it.
+//
+// Tiles: output tile (ty, tx) covers rows 4ty..4ty+3 and columns 4tx..4tx+3; its input tile
+// rows 4ty-1..4ty+4 (zero outside the image: the padding, and the ragged last tile).
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/simd.h"
+
+namespace metareg {
+namespace {
+
+constexpr const char* kFwd = "metareg::conv3x3_winograd";
+constexpr const char* kBwd = "metareg::conv3x3_winograd_backward";
+// Tiles per block (one thread's transform -> products -> transform, in cache).
+constexpr int64_t kBlock = 32;
+// Partial sums of the weight gradient (fixed, so the sum does not depend on the thread count).
+constexpr int64_t kParts = 8;
+
+struct Geo {
+  int64_t N, H, W, G, Cin, Cout, th, tw, tiles;
+};
+
+// B^T along one axis of a 6x6 tile: six vectors of length len in, six out.
+template <typename T>
+METAREG_CLONES void bt6(const T* const* in, T* const* out, int64_t len) {
+  const T* __restrict d0 = in[0];
+  const T* __restrict d1 = in[1];
+  const T* __restrict d2 = in[2];
+  const T* __restrict d3 = in[3];
+  const T* __restrict d4 = in[4];
+  const T* __restrict d5 = in[5];
+  T* __restrict o0 = out[0];
+  T* __restrict o1 = out[1];
+  T* __restrict o2 = out[2];
+  T* __restrict o3 = out[3];
+  T* __restrict o4 = out[4];
+  T* __restrict o5 = out[5];
+  METAREG_SIMD
+  for (int64_t c = 0; c < len; ++c) {
+    const T a0 = d0[c], a1 = d1[c], a2 = d2[c], a3 = d3[c], a4 = d4[c], a5 = d5[c];
+    o0[c] = T(4) * a0 - T(5) * a2 + a4;
+    o1[c] = a3 + a4 - T(4) * (a1 + a2);
+    o2[c] = a4 - a3 + T(4) * (a1 - a2);
+    o3[c] = a4 - a2 + T(2) * (a3 - a1);
+    o4[c] = a4 - a2 + T(2) * (a1 - a3);
+    o5[c] = T(4) * a1 - T(5) * a3 + a5;
+  }
+}
+
+// A^T along one axis: six vectors in, four out.
+template <typename T>
+METAREG_CLONES void at6(const T* const* in, T* const* out, int64_t len) {
+  const T* __restrict m0 = in[0];
+  const T* __restrict m1 = in[1];
+  const T* __restrict m2 = in[2];
+  const T* __restrict m3 = in[3];
+  const T* __restrict m4 = in[4];
+  const T* __restrict m5 = in[5];
+  T* __restrict o0 = out[0];
+  T* __restrict o1 = out[1];
+  T* __restrict o2 = out[2];
+  T* __restrict o3 = out[3];
+  METAREG_SIMD
+  for (int64_t c = 0; c < len; ++c) {
+    const T s12 = m1[c] + m2[c], d12 = m1[c] - m2[c], s34 = m3[c] + m4[c], d34 = m3[c] - m4[c];
+    o0[c] = m0[c] + s12 + s34;
+    o1[c] = d12 + T(2) * d34;
+    o2[c] = s12 + T(4) * s34;
+    o3[c] = d12 + T(8) * d34 + m5[c];
+  }
+}
+
+// A along one axis (the adjoint of at6): four vectors in, six out.
+template <typename T>
+METAREG_CLONES void a4(const T* const* in, T* const* out, int64_t len) {
+  const T* __restrict g0 = in[0];
+  const T* __restrict g1 = in[1];
+  const T* __restrict g2 = in[2];
+  const T* __restrict g3 = in[3];
+  T* __restrict o0 = out[0];
+  T* __restrict o1 = out[1];
+  T* __restrict o2 = out[2];
+  T* __restrict o3 = out[3];
+  T* __restrict o4 = out[4];
+  T* __restrict o5 = out[5];
+  METAREG_SIMD
+  for (int64_t c = 0; c < len; ++c) {
+    const T s02 = g0[c] + g2[c], s13 = g1[c] + g3[c], t0 = g0[c] + T(4) * g2[c], t1 = T(2) * g1[c] + T(8) * g3[c];
+    o0[c] = g0[c];
+    o1[c] = s02 + s13;
+    o2[c] = s02 - s13;
+    o3[c] = t0 + t1;
+    o4[c] = t0 - t1;
+    o5[c] = g3[c];
+  }
+}
+
+// Tiles t0..t1-1 of x (channels-last [N, H, W, G*C]) -> V [G, 36, t1 - t0, C]; tmp: 36 C,
+// zeros: C.
+template <typename T>
+void input_transform(const T* x, T* V, const Geo& g, int64_t C, int64_t t0, int64_t t1, T* tmp, const T* zeros) {
+  const int64_t nb = t1 - t0;
+  const T* in[6];
+  T* out[6];
+  {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        // columns: tmp[a][j] = sum_i B^T[a][i] d[i][j]
+        for (int64_t j = 0; j < 6; ++j) {
+          const int64_t col = 4 * tx - 1 + j;
+          for (int64_t i = 0; i < 6; ++i) {
+            const int64_t row = 4 * ty - 1 + i;
+            in[i] = (row < 0 || row >= g.H || col < 0 || col >= g.W)
+                        ? zeros
+                        : x + ((n * g.H + row) * g.W + col) * g.G * C + grp * C;
+            out[i] = tmp + (i * 6 + j) * C;
+          }
+          bt6<T>(in, out, C);
+        }
+        // rows: V[a*6+b] = sum_j tmp[a][j] B^T[b][j]
+        for (int64_t a = 0; a < 6; ++a) {
+          for (int64_t k = 0; k < 6; ++k) {
+            in[k] = tmp + (a * 6 + k) * C;
+            out[k] = V + ((grp * 36 + a * 6 + k) * nb + t - t0) * C;
+          }
+          bt6<T>(in, out, C);
+        }
+      }
+    }
+  }
+}
+
+// M [G, 36, t1 - t0, C] -> tiles t0..t1-1 of y (channels-last [N, H, W, G*C]); tmp: 24 C,
+// scratch: C.
+template <typename T>
+void output_transform(const T* M, T* y, const Geo& g, int64_t C, int64_t t0, int64_t t1, T* tmp, T* scratch) {
+  const int64_t nb = t1 - t0;
+  const T* in[6];
+  T* out[6];
+  {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        // columns: tmp[i][b] = sum_a A^T[i][a] M[a][b]
+        for (int64_t b = 0; b < 6; ++b) {
+          for (int64_t a = 0; a < 6; ++a) in[a] = M + ((grp * 36 + a * 6 + b) * nb + t - t0) * C;
+          for (int64_t i = 0; i < 4; ++i) out[i] = tmp + (i * 6 + b) * C;
+          at6<T>(in, out, C);
+        }
+        // rows: y[i][j] = sum_b tmp[i][b] A^T[j][b]
+        for (int64_t i = 0; i < 4; ++i) {
+          const int64_t row = 4 * ty + i;
+          for (int64_t b = 0; b < 6; ++b) in[b] = tmp + (i * 6 + b) * C;
+          for (int64_t j = 0; j < 4; ++j) {
+            const int64_t col = 4 * tx + j;
+            out[j] = (row < g.H && col < g.W) ? y + ((n * g.H + row) * g.W + col) * g.G * C + grp * C : scratch;
+          }
+          at6<T>(in, out, C);
+        }
+      }
+    }
+  }
+}
+
+// Tiles t0..t1-1 of dy (channels-last [N, H, W, G*C]) -> dM = A dy A^T, [G, 36, t1 - t0, C];
+// tmp: 24 C, zeros: C.
+template <typename T>
+void output_adjoint(const T* dy, T* dM, const Geo& g, int64_t C, int64_t t0, int64_t t1, T* tmp, const T* zeros) {
+  const int64_t nb = t1 - t0;
+  const T* in[6];
+  T* out[6];
+  {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
+      for (int64_t grp = 0; grp < g.G; ++grp) {
+        // columns: tmp[a][j] = sum_i A[a][i] dy[i][j]
+        for (int64_t j = 0; j < 4; ++j) {
+          const int64_t col = 4 * tx + j;
+          for (int64_t i = 0; i < 4; ++i) {
+            const int64_t row = 4 * ty + i;
+            in[i] = (row < g.H && col < g.W) ? dy + ((n * g.H + row) * g.W + col) * g.G * C + grp * C : zeros;
+          }
+          for (int64_t a = 0; a < 6; ++a) out[a] = tmp + (a * 4 + j) * C;
+          a4<T>(in, out, C);
+        }
+        // rows: dM[a*6+b] = sum_j tmp[a][j] A[b][j]
+        for (int64_t a = 0; a < 6; ++a) {
+          for (int64_t j = 0; j < 4; ++j) in[j] = tmp + (a * 4 + j) * C;
+          for (int64_t b = 0; b < 6; ++b) out[b] = dM + ((grp * 36 + a * 6 + b) * nb + t - t0) * C;
+          a4<T>(in, out, C);
+        }
+      }
+    }
+  }
+}
+
+// Winograd's filter matrix G [6, 3].
+at::Tensor filter_matrix(const at::TensorOptions& opts) {
+  const double k[18] = {1.0 / 4,  0,         0,         -1.0 / 6, -1.0 / 6, -1.0 / 6,
+                        -1.0 / 6, 1.0 / 6,   -1.0 / 6,  1.0 / 24, 1.0 / 12, 1.0 / 6,
+                        1.0 / 24, -1.0 / 12, 1.0 / 6,   0,        0,        1};
+  return at::tensor(at::ArrayRef<double>(k, 18), opts.dtype(at::kDouble)).view({6, 3}).to(opts.dtype());
+}
+
+// weight [G*Cout, Cin, 3, 3] -> U = G w G^T as [G, 36, Cin, Cout].
+at::Tensor weight_transform(const at::Tensor& w, int64_t G) {
+  const int64_t Cout = w.size(0) / G, Cin = w.size(1);
+  const at::Tensor gm = filter_matrix(w.options());
+  return at::matmul(at::matmul(gm, w), gm.t()).view({G, Cout, Cin, 36}).permute({0, 3, 2, 1}).contiguous();
+}
+
+Geo geometry(const char* op, const at::Tensor& x, const at::Tensor& w, int64_t groups) {
+  TORCH_CHECK(x.dim() == 4, op, ": expected x of shape [N, C, H, W], got ", x.sizes());
+  TORCH_CHECK(groups >= 1 && w.dim() == 4 && w.size(2) == 3 && w.size(3) == 3 && w.size(0) % groups == 0 &&
+                  w.size(1) * groups == x.size(1),
+              op, ": expected weight of shape [groups * C_out, C / groups, 3, 3] for x of shape ", x.sizes(),
+              " and groups=", groups, ", got weight of shape ", w.sizes());
+  check_float_dtype(op, x, "x", /*allow_half=*/false);
+  TORCH_CHECK(w.scalar_type() == x.scalar_type() && w.device() == x.device(), op,
+              ": weight must match x in dtype and device, got x ", x.scalar_type(), " on ", x.device(), ", weight ",
+              w.scalar_type(), " on ", w.device());
+  TORCH_CHECK(x.device().is_cpu(), op, ": CPU kernel called with a tensor on ", x.device());
+  Geo g;
+  g.N = x.size(0), g.H = x.size(2), g.W = x.size(3), g.G = groups, g.Cin = w.size(1), g.Cout = w.size(0) / groups;
+  g.th = (g.H + 3) / 4, g.tw = (g.W + 3) / 4, g.tiles = g.N * g.th * g.tw;
+  return g;
+}
+
+// The forward on channels-last x with the transformed weights U [G, 36, Cin, Cout], kBlock tiles
+// at a time per thread: transform, 36 G products, inverse transform, all in buffers that stay in
+// cache (whole-tensor V and M would be fresh allocations of 4x x's size, page-faulted in).
+at::Tensor forward_with(const at::Tensor& x, const at::Tensor& U, const Geo& g) {
+  at::Tensor y = at::empty({g.N, g.G * g.Cout, g.H, g.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  if (y.numel() == 0) return y;
+  const int64_t blocks = (g.tiles + kBlock - 1) / kBlock;
+  const at::Tensor u = U.view({g.G * 36, g.Cin, g.Cout});
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kFwd, [&] {
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
+    T* yp = y.data_ptr<T>();
+    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+      at::Tensor V = at::empty({g.G * 36 * kBlock * g.Cin}, x.options());
+      at::Tensor M = at::empty({g.G * 36 * kBlock * g.Cout}, x.options());
+      // zeros: the padding input_transform reads; scratch: where output_transform writes the
+      // outputs of a ragged last tile that lie outside y
+      std::vector<T> tmp(36 * std::max(g.Cin, g.Cout)), zeros(g.Cin, T(0)), scratch(g.Cout);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t t0 = b * kBlock, t1 = std::min(g.tiles, t0 + kBlock), nb = t1 - t0;
+        input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, t0, t1, tmp.data(), zeros.data());
+        at::Tensor m = M.narrow(0, 0, g.G * 36 * nb * g.Cout).view({g.G * 36, nb, g.Cout});
+        at::bmm_out(m, V.narrow(0, 0, g.G * 36 * nb * g.Cin).view({g.G * 36, nb, g.Cin}), u);
+        output_transform<T>(M.data_ptr<T>(), yp, g, g.Cout, t0, t1, tmp.data(), scratch.data());
+      }
+    });
+  });
+  return y;
+}
+
+// d U [G, 36, Cin, Cout] = sum over tiles of V^T (A dy A^T), kBlock tiles at a time, in kParts
+// fixed partial sums added in order (the result does not depend on the number of threads).
+at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, const Geo& g) {
+  const int64_t blocks = (g.tiles + kBlock - 1) / kBlock, parts = std::min(kParts, blocks);
+  at::Tensor dU = at::zeros({parts, g.G * 36, g.Cin, g.Cout}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBwd, [&] {
+    using T = scalar_t;
+    const T* xp = x.data_ptr<T>();
+    const T* gp = gy.data_ptr<T>();
+    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
+      at::Tensor V = at::empty({g.G * 36 * kBlock * g.Cin}, x.options());
+      at::Tensor dM = at::empty({g.G * 36 * kBlock * g.Cout}, x.options());
+      std::vector<T> tmp(36 * std::max(g.Cin, g.Cout)), zeros(std::max(g.Cin, g.Cout), T(0));
+      for (int64_t p = p0; p < p1; ++p) {
+        at::Tensor acc = dU.select(0, p);
+        for (int64_t b = p * blocks / parts; b < (p + 1) * blocks / parts; ++b) {
+          const int64_t t0 = b * kBlock, t1 = std::min(g.tiles, t0 + kBlock), nb = t1 - t0;
+          input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, t0, t1, tmp.data(), zeros.data());
+          output_adjoint<T>(gp, dM.data_ptr<T>(), g, g.Cout, t0, t1, tmp.data(), zeros.data());
+          acc.baddbmm_(V.narrow(0, 0, g.G * 36 * nb * g.Cin).view({g.G * 36, nb, g.Cin}).transpose(1, 2),
+                       dM.narrow(0, 0, g.G * 36 * nb * g.Cout).view({g.G * 36, nb, g.Cout}));
+        }
+      }
+    });
+  });
+  at::Tensor total = dU.select(0, 0).clone();
+  for (int64_t p = 1; p < parts; ++p) total.add_(dU.select(0, p));
+  return total.view({g.G, 36, g.Cin, g.Cout});
+}
+
+at::Tensor conv3x3_winograd_cpu(const at::Tensor& x_in, const at::Tensor& w_in, int64_t groups) {
+  const Geo g = geometry(kFwd, x_in, w_in, groups);
+  return forward_with(channels_last(x_in), weight_transform(w_in.contiguous(), groups), g);
+}
+
+std::tuple<at::Tensor, at::Tensor> conv3x3_winograd_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
+                                                                 const at::Tensor& w_in, int64_t groups,
+                                                                 bool need_x, bool need_w) {
+  const Geo g = geometry(kBwd, x_in, w_in, groups);
+  TORCH_CHECK(grad_in.dim() == 4 && grad_in.size(0) == g.N && grad_in.size(1) == g.G * g.Cout &&
+                  grad_in.size(2) == g.H && grad_in.size(3) == g.W && grad_in.scalar_type() == x_in.scalar_type(),
+              kBwd, ": expected grad of shape [", g.N, ", ", g.G * g.Cout, ", ", g.H, ", ", g.W, "] and dtype ",
+              x_in.scalar_type(), ", got ", grad_in.sizes(), " ", grad_in.scalar_type());
+  const at::Tensor gy = channels_last(grad_in), w = w_in.contiguous();
+  at::Tensor gx = x_in.new_empty({0}), gw = w.new_empty({0});
+  if (need_x) {
+    // the input gradient is the convolution of dy with the flipped weights, in and out swapped
+    const at::Tensor wt = w.view({g.G, g.Cout, g.Cin, 3, 3}).transpose(1, 2).flip({3, 4}).reshape({g.G * g.Cin, g.Cout, 3, 3});
+    Geo gt = g;
+    std::swap(gt.Cin, gt.Cout);
+    gx = forward_with(gy, weight_transform(wt, groups), gt);
+  }
+  if (need_w) {
+    if (g.tiles == 0) return {gx, at::zeros_like(w)};
+    // dU [G, 36, Cin, Cout] -> [G, Cout, Cin, 6, 6] -> d w = G^T dU G
+    const at::Tensor dU = weight_grad_transformed(channels_last(x_in), gy, g)
+                              .view({g.G, 6, 6, g.Cin, g.Cout})
+                              .permute({0, 4, 3, 1, 2});
+    const at::Tensor gm = filter_matrix(w.options());
+    gw = at::matmul(at::matmul(gm.t(), dU), gm).reshape({g.G * g.Cout, g.Cin, 3, 3});
+  }
+  return {gx, gw};
+}
+
+}  // namespace
+}  // namespace metareg
+
+TORCH_LIBRARY_IMPL(metareg, CPU, m) {
+  m.impl("conv3x3_winograd", &metareg::conv3x3_winograd_cpu);
+  m.impl("conv3x3_winograd_backward", &metareg::conv3x3_winograd_backward_cpu);
+}
