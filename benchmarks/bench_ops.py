@@ -245,3 +245,33 @@ def test_bn_pool_relu(benchmark, shape, impl):
         torch.autograd.grad(fn(x, w, b), (x, w, b), cot)
 
     _run(benchmark, step, BN_SHAPES[shape], f"bn_pool_relu fwd+bwd {_shape_id(shape)}", role, impl)
+
+
+# -- conv3x3_winograd --------------------------------------------------------------------------
+
+# Conv4's 64-channel convolutions in the query pass of a MAML step at meta-batch 32 on CPU: a
+# 2-task chunk of the grouped channels-last layout [N=75, 2*64, H, H] at the second, third and
+# fourth block (the fourth, 3x3, is below WINOGRAD_MIN_SIZE: there to show why); forward +
+# backward (input and weight gradients), as the step runs them.
+WINOGRAD_SHAPES = {(75, 128, 14, 14): 30, (75, 128, 7, 7): 60, (75, 128, 3, 3): 100}
+
+WINOGRAD_IMPLS = {
+    "metareg": ("metareg", lambda x, w: ops.conv3x3_winograd(x, w, 2)),
+    "F.conv2d": ("baseline", lambda x, w: F.conv2d(x, w, padding=1, groups=2)),
+}
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="conv3x3_winograd has a CPU kernel only (cuDNN is the path on CUDA)")
+@pytest.mark.parametrize("impl", list(WINOGRAD_IMPLS))
+@pytest.mark.parametrize("shape", list(WINOGRAD_SHAPES), ids=_shape_id)
+def test_conv3x3_winograd(benchmark, shape, impl):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = (torch.randn(shape[1], shape[1] // 2, 3, 3, generator=g) * 0.05).requires_grad_()
+    cot = torch.randn(*shape, generator=g).contiguous(memory_format=torch.channels_last)
+    role, fn = WINOGRAD_IMPLS[impl]
+
+    def step():
+        torch.autograd.grad(fn(x, w), (x, w), cot)
+
+    _run(benchmark, step, WINOGRAD_SHAPES[shape], f"conv3x3 fwd+bwd {_shape_id(shape)}", role, impl)

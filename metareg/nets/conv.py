@@ -39,8 +39,12 @@ On CPU the meta-batch is run in chunks of tasks small enough that every activati
 Forwards that will be differentiated at most once (inside :func:`metareg.nets.differentiated_once`,
 where MAML's learners run the query forward, or under ``torch.no_grad()``) end each transductive
 block with :func:`metareg.ops.bn_pool_relu` on CPU: batch norm, pooling and ReLU in one kernel,
-fewer full-size passes over the activations, and no second derivative.  The inner steps' support
-forwards, which second-order MAML differentiates twice, keep the fused batch norm above.
+fewer full-size passes over the activations, and no second derivative; and their 3x3 convolutions
+with at least ``WINOGRAD_MIN_CHANNELS`` channels on images of at least ``WINOGRAD_MIN_SIZE``
+pixels run by Winograd's F(4x4, 3x3) (:func:`metareg.ops.conv3x3_winograd`: 4x fewer
+multiplications, the convolution's result up to rounding, differentiable once).  The inner steps'
+support forwards, which second-order MAML differentiates twice, keep the fused batch norm above
+and ``F.conv2d``.
 
 Exact rewrites used by the forward (they change results only by rounding):
 

@@ -191,10 +191,12 @@ def test_task_chunks_equal_one_chunk():
     torch.testing.assert_close(net(flat, x), whole, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("width", [4, 16])
 @pytest.mark.parametrize("algo", ["maml", "fomaml"])
-def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo, monkeypatch):
+def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo, width, monkeypatch):
     # the learner's own path (flat theta, task_step, first-order detaching, several inner steps,
-    # the query forward through metareg.ops.bn_pool_relu where the extension is built) on Conv4,
+    # the query forward through metareg.ops.bn_pool_relu, and at width 16 through
+    # metareg.ops.conv3x3_winograd on the second block, where the extension is built) on Conv4,
     # against one task at a time through the independent reference forward
     from metareg import ops
     from metareg.learners import LearnerContext
@@ -204,7 +206,7 @@ def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo, monkeypatch)
     shape, ways, steps, lr = (1, 16, 16), 3, 2, 0.3
     spec = get_registry().get("algorithm", algo)
     info = TaskInfo(input_shape=shape, output_dim=ways, loss="cross_entropy", metric="accuracy")
-    net = conv4(shape, ways, width=4)
+    net = conv4(shape, ways, width=width)
     ctx = LearnerContext(task=info, make_backbone=lambda name=None: net, generator=torch.Generator().manual_seed(2),
                          device=torch.device("cpu"), dtype=D)
     learner = spec.factory(spec.config(inner_lr=lr, inner_steps=steps), ctx)
@@ -216,10 +218,14 @@ def test_learner_meta_gradient_on_conv4_equals_reference_loop(algo, monkeypatch)
                       torch.randn(t, q, *shape, generator=g, dtype=D), torch.randint(0, ways, (t, q), generator=g))
     fused, real = [], ops.bn_pool_relu
     monkeypatch.setattr(ops, "bn_pool_relu", lambda *a: fused.append(1) or real(*a))
+    winograd, real_w = [], ops.conv3x3_winograd
+    monkeypatch.setattr(ops, "conv3x3_winograd", lambda *a: winograd.append(1) or real_w(*a))
     learner.zero_grad()
     learner.step(batch)
     got = learner.theta.grad.clone()
     assert len(fused) == (4 if ops._compiled("bn_pool_relu", learner.theta) else 0)  # the query's four blocks
+    # the query's second block (8x8, 16 channels); the others are too small or have one channel
+    assert len(winograd) == (1 if width == 16 and ops._compiled("conv3x3_winograd", learner.theta) else 0)
 
     theta = learner.theta.detach().clone().requires_grad_()
     want = torch.zeros_like(theta)
