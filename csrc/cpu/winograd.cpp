@@ -225,18 +225,74 @@ void output_adjoint(const T* dy, T* dM, const Geo& g, int64_t C, int64_t t0, int
 }
 
 // Winograd's filter matrix G [6, 3].
-at::Tensor filter_matrix(const at::TensorOptions& opts) {
-  const double k[18] = {1.0 / 4,  0,         0,         -1.0 / 6, -1.0 / 6, -1.0 / 6,
-                        -1.0 / 6, 1.0 / 6,   -1.0 / 6,  1.0 / 24, 1.0 / 12, 1.0 / 6,
-                        1.0 / 24, -1.0 / 12, 1.0 / 6,   0,        0,        1};
-  return at::tensor(at::ArrayRef<double>(k, 18), opts.dtype(at::kDouble)).view({6, 3}).to(opts.dtype());
+constexpr double kG[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
+                             {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
+
+// weight [G*Cout, Cin, 3, 3] (contiguous) -> U = G w G^T as [G, 36, Cin, Cout]; with flip, the
+// weights of the input gradient instead (in and out swapped, each filter turned 180 degrees):
+// U [G, 36, Cout, Cin].  Small (a few hundred thousand values): one loop, no BLAS.
+at::Tensor weight_transform(const at::Tensor& w, const Geo& g, bool flip) {
+  const int64_t rows = flip ? g.Cout : g.Cin, cols = flip ? g.Cin : g.Cout;
+  at::Tensor U = at::empty({g.G, 36, rows, cols}, w.options());
+  AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), kFwd, [&] {
+    using T = scalar_t;
+    const T* wp = w.data_ptr<T>();
+    T* up = U.data_ptr<T>();
+    at::parallel_for(0, g.G * g.Cout, 16, [&](int64_t f0, int64_t f1) {
+      for (int64_t f = f0; f < f1; ++f) {  // f = group * Cout + co
+        const int64_t grp = f / g.Cout, co = f % g.Cout;
+        for (int64_t ci = 0; ci < g.Cin; ++ci) {
+          const T* k = wp + (f * g.Cin + ci) * 9;
+          double t[6][3];
+          for (int a = 0; a < 6; ++a)
+            for (int l = 0; l < 3; ++l) {
+              double acc = 0;
+              for (int i = 0; i < 3; ++i) acc += kG[a][i] * (flip ? k[(2 - i) * 3 + 2 - l] : k[i * 3 + l]);
+              t[a][l] = acc;
+            }
+          const int64_t r = flip ? co : ci, c = flip ? ci : co;
+          for (int a = 0; a < 6; ++a)
+            for (int b = 0; b < 6; ++b)
+              up[((grp * 36 + a * 6 + b) * rows + r) * cols + c] =
+                  static_cast<T>(t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2]);
+        }
+      }
+    });
+  });
+  return U;
 }
 
-// weight [G*Cout, Cin, 3, 3] -> U = G w G^T as [G, 36, Cin, Cout].
-at::Tensor weight_transform(const at::Tensor& w, int64_t G) {
-  const int64_t Cout = w.size(0) / G, Cin = w.size(1);
-  const at::Tensor gm = filter_matrix(w.options());
-  return at::matmul(at::matmul(gm, w), gm.t()).view({G, Cout, Cin, 36}).permute({0, 3, 2, 1}).contiguous();
+// d U [G, 36, Cin, Cout] -> d w = G^T dU G, [G*Cout, Cin, 3, 3].
+at::Tensor weight_adjoint(const at::Tensor& dU, const Geo& g) {
+  at::Tensor dw = at::empty({g.G * g.Cout, g.Cin, 3, 3}, dU.options());
+  AT_DISPATCH_FLOATING_TYPES(dU.scalar_type(), kBwd, [&] {
+    using T = scalar_t;
+    const T* up = dU.data_ptr<T>();
+    T* wp = dw.data_ptr<T>();
+    at::parallel_for(0, g.G * g.Cout, 16, [&](int64_t f0, int64_t f1) {
+      for (int64_t f = f0; f < f1; ++f) {
+        const int64_t grp = f / g.Cout, co = f % g.Cout;
+        for (int64_t ci = 0; ci < g.Cin; ++ci) {
+          double t[3][6];  // G^T dU
+          for (int i = 0; i < 3; ++i)
+            for (int b = 0; b < 6; ++b) {
+              double acc = 0;
+              for (int a = 0; a < 6; ++a)
+                acc += kG[a][i] * static_cast<double>(up[((grp * 36 + a * 6 + b) * g.Cin + ci) * g.Cout + co]);
+              t[i][b] = acc;
+            }
+          T* k = wp + (f * g.Cin + ci) * 9;
+          for (int i = 0; i < 3; ++i)
+            for (int l = 0; l < 3; ++l) {
+              double acc = 0;
+              for (int b = 0; b < 6; ++b) acc += t[i][b] * kG[b][l];
+              k[i * 3 + l] = static_cast<T>(acc);
+            }
+        }
+      }
+    });
+  });
+  return dw;
 }
 
 Geo geometry(const char* op, const at::Tensor& x, const at::Tensor& w, int64_t groups) {
@@ -318,7 +374,7 @@ at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, co
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x_in, const at::Tensor& w_in, int64_t groups) {
   const Geo g = geometry(kFwd, x_in, w_in, groups);
-  return forward_with(channels_last(x_in), weight_transform(w_in.contiguous(), groups), g);
+  return forward_with(channels_last(x_in), weight_transform(w_in.contiguous(), g, /*flip=*/false), g);
 }
 
 std::tuple<at::Tensor, at::Tensor> conv3x3_winograd_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in,
@@ -333,20 +389,12 @@ std::tuple<at::Tensor, at::Tensor> conv3x3_winograd_backward_cpu(const at::Tenso
   at::Tensor gx = x_in.new_empty({0}), gw = w.new_empty({0});
   if (need_x) {
     // the input gradient is the convolution of dy with the flipped weights, in and out swapped
-    const at::Tensor wt = w.view({g.G, g.Cout, g.Cin, 3, 3}).transpose(1, 2).flip({3, 4}).reshape({g.G * g.Cin, g.Cout, 3, 3});
     Geo gt = g;
     std::swap(gt.Cin, gt.Cout);
-    gx = forward_with(gy, weight_transform(wt, groups), gt);
+    gx = forward_with(gy, weight_transform(w, g, /*flip=*/true), gt);
   }
-  if (need_w) {
-    if (g.tiles == 0) return {gx, at::zeros_like(w)};
-    // dU [G, 36, Cin, Cout] -> [G, Cout, Cin, 6, 6] -> d w = G^T dU G
-    const at::Tensor dU = weight_grad_transformed(channels_last(x_in), gy, g)
-                              .view({g.G, 6, 6, g.Cin, g.Cout})
-                              .permute({0, 4, 3, 1, 2});
-    const at::Tensor gm = filter_matrix(w.options());
-    gw = at::matmul(at::matmul(gm.t(), dU), gm).reshape({g.G * g.Cout, g.Cin, 3, 3});
-  }
+  if (need_w)
+    gw = g.tiles == 0 ? at::zeros_like(w) : weight_adjoint(weight_grad_transformed(channels_last(x_in), gy, g), g);
   return {gx, gw};
 }
 
