@@ -346,7 +346,7 @@ at::Tensor forward_with(const at::Tensor& x, const at::Tensor& U, const Geo& g) 
 // fixed partial sums added in order (the result does not depend on the number of threads).
 at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, const Geo& g) {
   const int64_t blocks = (g.tiles + kBlock - 1) / kBlock, parts = std::min(kParts, blocks);
-  at::Tensor dU = at::zeros({parts, g.G * 36, g.Cin, g.Cout}, x.options());
+  at::Tensor dU = at::empty({parts, g.G * 36, g.Cin, g.Cout}, x.options());  // each part's first block writes it
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBwd, [&] {
     using T = scalar_t;
     const T* xp = x.data_ptr<T>();
@@ -361,8 +361,12 @@ at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, co
           const int64_t t0 = b * kBlock, t1 = std::min(g.tiles, t0 + kBlock), nb = t1 - t0;
           input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, t0, t1, tmp.data(), zeros.data());
           output_adjoint<T>(gp, dM.data_ptr<T>(), g, g.Cout, t0, t1, tmp.data(), zeros.data());
-          acc.baddbmm_(V.narrow(0, 0, g.G * 36 * nb * g.Cin).view({g.G * 36, nb, g.Cin}).transpose(1, 2),
-                       dM.narrow(0, 0, g.G * 36 * nb * g.Cout).view({g.G * 36, nb, g.Cout}));
+          const at::Tensor vt = V.narrow(0, 0, g.G * 36 * nb * g.Cin).view({g.G * 36, nb, g.Cin}).transpose(1, 2);
+          const at::Tensor dm = dM.narrow(0, 0, g.G * 36 * nb * g.Cout).view({g.G * 36, nb, g.Cout});
+          if (b == p * blocks / parts)
+            at::bmm_out(acc, vt, dm);
+          else
+            acc.baddbmm_(vt, dm);
         }
       }
     });
