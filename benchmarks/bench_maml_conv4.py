@@ -7,6 +7,8 @@ Targets (issue 4): >= 2x the loop's outer steps per second on 2 CPU cores; >= 3x
 with no more peak memory.
 """
 
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,7 +19,7 @@ from metareg.nets.conv import conv4
 
 WAYS, SHOTS, QUERY, T, LR = 5, 1, 15, 32, 0.4
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-ROUNDS = 3 if DEVICE == "cpu" else 20
+ROUNDS = int(os.environ.get("METAREG_BENCH_ROUNDS", 3 if DEVICE == "cpu" else 20))
 
 
 class _Episodes:

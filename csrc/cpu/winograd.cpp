@@ -42,8 +42,9 @@ constexpr const char* kFwd = "metareg::conv3x3_winograd";
 constexpr const char* kBwd = "metareg::conv3x3_winograd_backward";
 // Tiles per block (one thread's transform -> products -> transform, in cache).
 constexpr int64_t kBlock = 32;
-// Partial sums of the weight gradient (fixed, so the sum does not depend on the thread count).
-constexpr int64_t kParts = 8;
+// Work items (group x partial sum) the weight gradient is split into at least, where the tiles
+// allow (fixed, so the sum does not depend on the thread count).
+constexpr int64_t kWork = 8;
 
 struct Geo {
   int64_t N, H, W, G, Cin, Cout, th, tw, tiles;
@@ -124,17 +125,18 @@ METAREG_CLONES void a4(const T* const* in, T* const* out, int64_t len) {
   }
 }
 
-// Tiles t0..t1-1 of x (channels-last [N, H, W, G*C]) -> V [G, 36, t1 - t0, C]; tmp: 36 C,
-// zeros: C.
+// Tiles t0..t1-1 of group grp of x (channels-last [N, H, W, G*C]) -> V [36, t1 - t0, C]; tmp:
+// 36 C, zeros: C.
 template <typename T>
-void input_transform(const T* x, T* V, const Geo& g, int64_t C, int64_t t0, int64_t t1, T* tmp, const T* zeros) {
+void input_transform(const T* x, T* V, const Geo& g, int64_t C, int64_t grp, int64_t t0, int64_t t1, T* tmp,
+                     const T* zeros) {
   const int64_t nb = t1 - t0;
   const T* in[6];
   T* out[6];
   {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-      for (int64_t grp = 0; grp < g.G; ++grp) {
+      {
         // columns: tmp[a][j] = sum_i B^T[a][i] d[i][j]
         for (int64_t j = 0; j < 6; ++j) {
           const int64_t col = 4 * tx - 1 + j;
@@ -151,7 +153,7 @@ void input_transform(const T* x, T* V, const Geo& g, int64_t C, int64_t t0, int6
         for (int64_t a = 0; a < 6; ++a) {
           for (int64_t k = 0; k < 6; ++k) {
             in[k] = tmp + (a * 6 + k) * C;
-            out[k] = V + ((grp * 36 + a * 6 + k) * nb + t - t0) * C;
+            out[k] = V + ((a * 6 + k) * nb + t - t0) * C;
           }
           bt6<T>(in, out, C);
         }
@@ -160,20 +162,21 @@ void input_transform(const T* x, T* V, const Geo& g, int64_t C, int64_t t0, int6
   }
 }
 
-// M [G, 36, t1 - t0, C] -> tiles t0..t1-1 of y (channels-last [N, H, W, G*C]); tmp: 24 C,
-// scratch: C.
+// M [36, t1 - t0, C] -> tiles t0..t1-1 of group grp of y (channels-last [N, H, W, G*C]); tmp:
+// 24 C, scratch: C.
 template <typename T>
-void output_transform(const T* M, T* y, const Geo& g, int64_t C, int64_t t0, int64_t t1, T* tmp, T* scratch) {
+void output_transform(const T* M, T* y, const Geo& g, int64_t C, int64_t grp, int64_t t0, int64_t t1, T* tmp,
+                      T* scratch) {
   const int64_t nb = t1 - t0;
   const T* in[6];
   T* out[6];
   {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-      for (int64_t grp = 0; grp < g.G; ++grp) {
+      {
         // columns: tmp[i][b] = sum_a A^T[i][a] M[a][b]
         for (int64_t b = 0; b < 6; ++b) {
-          for (int64_t a = 0; a < 6; ++a) in[a] = M + ((grp * 36 + a * 6 + b) * nb + t - t0) * C;
+          for (int64_t a = 0; a < 6; ++a) in[a] = M + ((a * 6 + b) * nb + t - t0) * C;
           for (int64_t i = 0; i < 4; ++i) out[i] = tmp + (i * 6 + b) * C;
           at6<T>(in, out, C);
         }
@@ -192,17 +195,18 @@ void output_transform(const T* M, T* y, const Geo& g, int64_t C, int64_t t0, int
   }
 }
 
-// Tiles t0..t1-1 of dy (channels-last [N, H, W, G*C]) -> dM = A dy A^T, [G, 36, t1 - t0, C];
-// tmp: 24 C, zeros: C.
+// Tiles t0..t1-1 of group grp of dy (channels-last [N, H, W, G*C]) -> dM = A dy A^T,
+// [36, t1 - t0, C]; tmp: 24 C, zeros: C.
 template <typename T>
-void output_adjoint(const T* dy, T* dM, const Geo& g, int64_t C, int64_t t0, int64_t t1, T* tmp, const T* zeros) {
+void output_adjoint(const T* dy, T* dM, const Geo& g, int64_t C, int64_t grp, int64_t t0, int64_t t1, T* tmp,
+                    const T* zeros) {
   const int64_t nb = t1 - t0;
   const T* in[6];
   T* out[6];
   {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / (g.th * g.tw), ty = t / g.tw % g.th, tx = t % g.tw;
-      for (int64_t grp = 0; grp < g.G; ++grp) {
+      {
         // columns: tmp[a][j] = sum_i A[a][i] dy[i][j]
         for (int64_t j = 0; j < 4; ++j) {
           const int64_t col = 4 * tx + j;
@@ -216,7 +220,7 @@ void output_adjoint(const T* dy, T* dM, const Geo& g, int64_t C, int64_t t0, int
         // rows: dM[a*6+b] = sum_j tmp[a][j] A[b][j]
         for (int64_t a = 0; a < 6; ++a) {
           for (int64_t j = 0; j < 4; ++j) in[j] = tmp + (a * 4 + j) * C;
-          for (int64_t b = 0; b < 6; ++b) out[b] = dM + ((grp * 36 + a * 6 + b) * nb + t - t0) * C;
+          for (int64_t b = 0; b < 6; ++b) out[b] = dM + ((a * 6 + b) * nb + t - t0) * C;
           a4<T>(in, out, C);
         }
       }
@@ -312,57 +316,59 @@ Geo geometry(const char* op, const at::Tensor& x, const at::Tensor& w, int64_t g
   return g;
 }
 
-// The forward on channels-last x with the transformed weights U [G, 36, Cin, Cout], kBlock tiles
-// at a time per thread: transform, 36 G products, inverse transform, all in buffers that stay in
-// cache (whole-tensor V and M would be fresh allocations of 4x x's size, page-faulted in).
+// The forward on channels-last x with the transformed weights U [G, 36, Cin, Cout], one group
+// and kBlock tiles at a time per thread: transform, 36 products, inverse transform, in buffers
+// that stay in cache (whole-tensor V and M would be 4x x's size, out of cache and page-faulted).
 at::Tensor forward_with(const at::Tensor& x, const at::Tensor& U, const Geo& g) {
   at::Tensor y = at::empty({g.N, g.G * g.Cout, g.H, g.W}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   if (y.numel() == 0) return y;
   const int64_t blocks = (g.tiles + kBlock - 1) / kBlock;
-  const at::Tensor u = U.view({g.G * 36, g.Cin, g.Cout});
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kFwd, [&] {
     using T = scalar_t;
     const T* xp = x.data_ptr<T>();
     T* yp = y.data_ptr<T>();
-    at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-      at::Tensor V = at::empty({g.G * 36 * kBlock * g.Cin}, x.options());
-      at::Tensor M = at::empty({g.G * 36 * kBlock * g.Cout}, x.options());
+    at::parallel_for(0, g.G * blocks, 1, [&](int64_t i0, int64_t i1) {
+      at::Tensor V = at::empty({36 * kBlock * g.Cin}, x.options());
+      at::Tensor M = at::empty({36 * kBlock * g.Cout}, x.options());
       // zeros: the padding input_transform reads; scratch: where output_transform writes the
       // outputs of a ragged last tile that lie outside y
       std::vector<T> tmp(36 * std::max(g.Cin, g.Cout)), zeros(g.Cin, T(0)), scratch(g.Cout);
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t t0 = b * kBlock, t1 = std::min(g.tiles, t0 + kBlock), nb = t1 - t0;
-        input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, t0, t1, tmp.data(), zeros.data());
-        at::Tensor m = M.narrow(0, 0, g.G * 36 * nb * g.Cout).view({g.G * 36, nb, g.Cout});
-        at::bmm_out(m, V.narrow(0, 0, g.G * 36 * nb * g.Cin).view({g.G * 36, nb, g.Cin}), u);
-        output_transform<T>(M.data_ptr<T>(), yp, g, g.Cout, t0, t1, tmp.data(), scratch.data());
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t grp = i / blocks, t0 = i % blocks * kBlock, t1 = std::min(g.tiles, t0 + kBlock), nb = t1 - t0;
+        input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, grp, t0, t1, tmp.data(), zeros.data());
+        at::Tensor m = M.narrow(0, 0, 36 * nb * g.Cout).view({36, nb, g.Cout});
+        at::bmm_out(m, V.narrow(0, 0, 36 * nb * g.Cin).view({36, nb, g.Cin}), U.select(0, grp));
+        output_transform<T>(M.data_ptr<T>(), yp, g, g.Cout, grp, t0, t1, tmp.data(), scratch.data());
       }
     });
   });
   return y;
 }
 
-// d U [G, 36, Cin, Cout] = sum over tiles of V^T (A dy A^T), kBlock tiles at a time, in kParts
-// fixed partial sums added in order (the result does not depend on the number of threads).
+// d U [G, 36, Cin, Cout] = sum over tiles of V^T (A dy A^T), one group and kBlock tiles at a time;
+// each group's blocks in `parts` fixed partial sums added in order (parts depends on the shapes
+// only, enough for kWork work items in all: the result does not depend on the number of threads).
 at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, const Geo& g) {
-  const int64_t blocks = (g.tiles + kBlock - 1) / kBlock, parts = std::min(kParts, blocks);
-  at::Tensor dU = at::empty({parts, g.G * 36, g.Cin, g.Cout}, x.options());  // each part's first block writes it
+  const int64_t blocks = (g.tiles + kBlock - 1) / kBlock;
+  const int64_t parts = std::max<int64_t>(1, std::min(blocks, (kWork + g.G - 1) / g.G));
+  at::Tensor dU = at::empty({parts, g.G, 36, g.Cin, g.Cout}, x.options());  // each part's first block writes it
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBwd, [&] {
     using T = scalar_t;
     const T* xp = x.data_ptr<T>();
     const T* gp = gy.data_ptr<T>();
-    at::parallel_for(0, parts, 1, [&](int64_t p0, int64_t p1) {
-      at::Tensor V = at::empty({g.G * 36 * kBlock * g.Cin}, x.options());
-      at::Tensor dM = at::empty({g.G * 36 * kBlock * g.Cout}, x.options());
+    at::parallel_for(0, g.G * parts, 1, [&](int64_t i0, int64_t i1) {
+      at::Tensor V = at::empty({36 * kBlock * g.Cin}, x.options());
+      at::Tensor dM = at::empty({36 * kBlock * g.Cout}, x.options());
       std::vector<T> tmp(36 * std::max(g.Cin, g.Cout)), zeros(std::max(g.Cin, g.Cout), T(0));
-      for (int64_t p = p0; p < p1; ++p) {
-        at::Tensor acc = dU.select(0, p);
+      for (int64_t i = i0; i < i1; ++i) {
+        const int64_t grp = i / parts, p = i % parts;
+        at::Tensor acc = dU.select(0, p).select(0, grp);
         for (int64_t b = p * blocks / parts; b < (p + 1) * blocks / parts; ++b) {
           const int64_t t0 = b * kBlock, t1 = std::min(g.tiles, t0 + kBlock), nb = t1 - t0;
-          input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, t0, t1, tmp.data(), zeros.data());
-          output_adjoint<T>(gp, dM.data_ptr<T>(), g, g.Cout, t0, t1, tmp.data(), zeros.data());
-          const at::Tensor vt = V.narrow(0, 0, g.G * 36 * nb * g.Cin).view({g.G * 36, nb, g.Cin}).transpose(1, 2);
-          const at::Tensor dm = dM.narrow(0, 0, g.G * 36 * nb * g.Cout).view({g.G * 36, nb, g.Cout});
+          input_transform<T>(xp, V.data_ptr<T>(), g, g.Cin, grp, t0, t1, tmp.data(), zeros.data());
+          output_adjoint<T>(gp, dM.data_ptr<T>(), g, g.Cout, grp, t0, t1, tmp.data(), zeros.data());
+          const at::Tensor vt = V.narrow(0, 0, 36 * nb * g.Cin).view({36, nb, g.Cin}).transpose(1, 2);
+          const at::Tensor dm = dM.narrow(0, 0, 36 * nb * g.Cout).view({36, nb, g.Cout});
           if (b == p * blocks / parts)
             at::bmm_out(acc, vt, dm);
           else
@@ -373,7 +379,7 @@ at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, co
   });
   at::Tensor total = dU.select(0, 0).clone();
   for (int64_t p = 1; p < parts; ++p) total.add_(dU.select(0, p));
-  return total.view({g.G, 36, g.Cin, g.Cout});
+  return total;
 }
 
 at::Tensor conv3x3_winograd_cpu(const at::Tensor& x_in, const at::Tensor& w_in, int64_t groups) {
