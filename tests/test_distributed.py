@@ -15,11 +15,13 @@ CASES = {
     "hard_sharing_pcgrad": ["hard_sharing", "-b", "sinusoid_mtl", "--set", "combiner=pcgrad"],
 }
 # MLPs: the same float operations up to the all-reduce's summation order, over all 12 steps.
-# Conv4 (ProtoNet): the convolution kernels chosen for 2 tasks and for 4 sum in another order
-# too; the curves agree to 2e-6 for the first five steps, after which Adam at this early, noisy
-# stage amplifies last-bit differences (1e-4 at step 6, 1e-2 by step 9: measured), so only those
-# steps are compared.
-STEPS_COMPARED = {"maml": 12, "protonet": 5, "hard_sharing_pcgrad": 12}
+# Conv4 (ProtoNet): oneDNN's kernels chosen for 2 tasks and for 4 sum in another order too (the
+# Winograd convolution does not: a task's result is the same bits whatever shares its chunk,
+# tests/ops/test_op_conv3x3_winograd.py); Adam at this early, noisy stage amplifies the last-bit
+# differences: relative 4e-8, 2e-6, 5e-6, 6e-6, 1.4e-5, 1.8e-5, 1e-4 at steps 1-7 (measured
+# 2026-12-01 with the Winograd query convolutions; 2e-6 up to step 5 before them), so only the
+# first four steps are compared.
+STEPS_COMPARED = {"maml": 12, "protonet": 4, "hard_sharing_pcgrad": 12}
 COMMON = ["--steps", "12", "--set", "log_every=1", "--set", "eval_tasks=8", "--set", "val_every=0",
           "--set", "checkpoint_every=5", "--set", "checkpoint_every_s=0"]
 

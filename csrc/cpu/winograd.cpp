@@ -49,9 +49,9 @@ constexpr const char* kFwd = "metareg::conv3x3_winograd";
 constexpr const char* kBwd = "metareg::conv3x3_winograd_backward";
 // Tiles per block (one thread's transform -> products -> transform, in cache).
 constexpr int64_t kBlock = 32;
-// Work items (group x partial sum) the weight gradient is split into at least, where the tiles
-// allow (fixed, so the sum does not depend on the thread count).
-constexpr int64_t kWork = 8;
+// Partial sums per group of the weight gradient, where the tiles allow (fixed, so the sum does
+// not depend on the thread count).
+constexpr int64_t kParts = 8;
 
 struct Geo {
   int64_t N, H, W, G, Cin, Cout, th, tw, tiles;
@@ -353,11 +353,12 @@ at::Tensor forward_with(const at::Tensor& x, const at::Tensor& U, const Geo& g) 
 }
 
 // d U [G, 36, Cin, Cout] = sum over tiles of V^T (A dy A^T), one group and kBlock tiles at a time;
-// each group's blocks in `parts` fixed partial sums added in order (parts depends on the shapes
-// only, enough for kWork work items in all: the result does not depend on the number of threads).
+// each group's blocks in `parts` fixed partial sums added in order.  parts depends on the tiles
+// per group only, so a group's result depends neither on the number of threads nor on the other
+// groups (how many tasks share a chunk, or a process in a distributed run).
 at::Tensor weight_grad_transformed(const at::Tensor& x, const at::Tensor& gy, const Geo& g) {
   const int64_t blocks = (g.tiles + kBlock - 1) / kBlock;
-  const int64_t parts = std::max<int64_t>(1, std::min(blocks, (kWork + g.G - 1) / g.G));
+  const int64_t parts = std::max<int64_t>(1, std::min(blocks, kParts));
   at::Tensor dU = at::empty({parts, g.G, 36, g.Cin, g.Cout}, x.options());  // each part's first block writes it
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), kBwd, [&] {
     using T = scalar_t;

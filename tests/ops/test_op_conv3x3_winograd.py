@@ -95,6 +95,21 @@ def test_the_result_does_not_depend_on_the_thread_count():
 
 
 @needs_ext
+def test_a_groups_result_does_not_depend_on_the_other_groups():
+    # a task's convolution and weight gradient are the same bits whether it shares its chunk with
+    # one other task or three (a distributed run splits the meta-batch differently)
+    x, weight = _case(6, 4, 16, 16, 14, 14, dtype=torch.float32)
+    cot = torch.randn(6, 64, 14, 14, generator=torch.Generator().manual_seed(5))
+    four = (torch.ops.metareg.conv3x3_winograd.default(x, weight, 4),
+            *torch.ops.metareg.conv3x3_winograd_backward.default(cot, x, weight, 4, True, True))
+    two = (torch.ops.metareg.conv3x3_winograd.default(x[:, :32], weight[:32], 2),
+           *torch.ops.metareg.conv3x3_winograd_backward.default(cot[:, :32], x[:, :32], weight[:32], 2, True, True))
+    y2, gx2, gw2 = two
+    y4, gx4, gw4 = four
+    assert torch.equal(y2, y4[:, :32]) and torch.equal(gx2, gx4[:, :32]) and torch.equal(gw2, gw4[:32])
+
+
+@needs_ext
 def test_second_derivative_is_refused_with_a_message():
     x, weight = (t.requires_grad_() for t in _case(2, 1, 3, 3, 6, 6))
     (gx,) = torch.autograd.grad(ops.conv3x3_winograd(x, weight).square().sum(), x, create_graph=True)
