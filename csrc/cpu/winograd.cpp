@@ -239,71 +239,99 @@ void output_adjoint(const T* dy, T* dM, const Geo& g, int64_t C, int64_t grp, in
 constexpr double kG[6][3] = {{1.0 / 4, 0, 0},           {-1.0 / 6, -1.0 / 6, -1.0 / 6}, {-1.0 / 6, 1.0 / 6, -1.0 / 6},
                              {1.0 / 24, 1.0 / 12, 1.0 / 6}, {1.0 / 24, -1.0 / 12, 1.0 / 6}, {0, 0, 1}};
 
-// weight [G*Cout, Cin, 3, 3] (contiguous) -> U = G w G^T as [G, 36, Cin, Cout]; with flip, the
-// weights of the input gradient instead (in and out swapped, each filter turned 180 degrees):
-// U [G, 36, Cout, Cin].  Small (a few hundred thousand values): one loop, no BLAS.
+// One row of filters, vectorised over n of them: w9 [9][n] (tap i*3+l, or the 180-degree turn
+// (2-i)*3+2-l with flip) -> u[(a*6+b) * stride] = (G w G^T)[a][b], n values each; tmp: 18 n.
+template <typename T>
+METAREG_CLONES void filter_row(const T* __restrict w9, T* __restrict u, int64_t stride, int64_t n, bool flip,
+                               T* __restrict tmp) {
+  for (int a = 0; a < 6; ++a)
+    for (int l = 0; l < 3; ++l) {
+      const T g0 = T(kG[a][0]), g1 = T(kG[a][1]), g2 = T(kG[a][2]);
+      const T* __restrict w0 = w9 + (flip ? 8 - l : l) * n;
+      const T* __restrict w1 = w9 + (flip ? 5 - l : 3 + l) * n;
+      const T* __restrict w2 = w9 + (flip ? 2 - l : 6 + l) * n;
+      T* __restrict t = tmp + (a * 3 + l) * n;
+      METAREG_SIMD
+      for (int64_t c = 0; c < n; ++c) t[c] = g0 * w0[c] + g1 * w1[c] + g2 * w2[c];
+    }
+  for (int a = 0; a < 6; ++a)
+    for (int b = 0; b < 6; ++b) {
+      const T g0 = T(kG[b][0]), g1 = T(kG[b][1]), g2 = T(kG[b][2]);
+      const T* __restrict t0 = tmp + (a * 3) * n;
+      const T* __restrict t1 = tmp + (a * 3 + 1) * n;
+      const T* __restrict t2 = tmp + (a * 3 + 2) * n;
+      T* __restrict o = u + (a * 6 + b) * stride;
+      METAREG_SIMD
+      for (int64_t c = 0; c < n; ++c) o[c] = t0[c] * g0 + t1[c] * g1 + t2[c] * g2;
+    }
+}
+
+// Its adjoint: du[(a*6+b) * stride] (n values each) -> w9 [9][n] = (G^T dU G)[i][l]; tmp: 18 n.
+template <typename T>
+METAREG_CLONES void filter_row_adjoint(const T* __restrict du, int64_t stride, T* __restrict w9, int64_t n,
+                                       T* __restrict tmp) {
+  for (int i = 0; i < 3; ++i)
+    for (int b = 0; b < 6; ++b) {
+      T* __restrict s = tmp + (i * 6 + b) * n;
+      METAREG_SIMD
+      for (int64_t c = 0; c < n; ++c) {
+        T acc = T(0);
+        for (int a = 0; a < 6; ++a) acc += T(kG[a][i]) * du[(a * 6 + b) * stride + c];
+        s[c] = acc;
+      }
+    }
+  for (int i = 0; i < 3; ++i)
+    for (int l = 0; l < 3; ++l) {
+      T* __restrict o = w9 + (i * 3 + l) * n;
+      METAREG_SIMD
+      for (int64_t c = 0; c < n; ++c) {
+        T acc = T(0);
+        for (int b = 0; b < 6; ++b) acc += tmp[(i * 6 + b) * n + c] * T(kG[b][l]);
+        o[c] = acc;
+      }
+    }
+}
+
+// weight [G*Cout, Cin, 3, 3] -> U = G w G^T as [G, 36, Cin, Cout]; with flip, the weights of the
+// input gradient instead (in and out swapped, each filter turned 180 degrees): [G, 36, Cout, Cin].
+// Vectorised over the last index (the filters are first laid out [G, rows, 9, cols]).
 at::Tensor weight_transform(const at::Tensor& w, const Geo& g, bool flip) {
   const int64_t rows = flip ? g.Cout : g.Cin, cols = flip ? g.Cin : g.Cout;
+  const at::Tensor w5 = w.view({g.G, g.Cout, g.Cin, 9});
+  const at::Tensor w9 = (flip ? w5.permute({0, 1, 3, 2}) : w5.permute({0, 2, 3, 1})).contiguous();
   at::Tensor U = at::empty({g.G, 36, rows, cols}, w.options());
   AT_DISPATCH_FLOATING_TYPES(w.scalar_type(), kFwd, [&] {
     using T = scalar_t;
-    const T* wp = w.data_ptr<T>();
+    const T* wp = w9.data_ptr<T>();
     T* up = U.data_ptr<T>();
-    at::parallel_for(0, g.G * g.Cout, 16, [&](int64_t f0, int64_t f1) {
-      for (int64_t f = f0; f < f1; ++f) {  // f = group * Cout + co
-        const int64_t grp = f / g.Cout, co = f % g.Cout;
-        for (int64_t ci = 0; ci < g.Cin; ++ci) {
-          const T* k = wp + (f * g.Cin + ci) * 9;
-          double t[6][3];
-          for (int a = 0; a < 6; ++a)
-            for (int l = 0; l < 3; ++l) {
-              double acc = 0;
-              for (int i = 0; i < 3; ++i) acc += kG[a][i] * (flip ? k[(2 - i) * 3 + 2 - l] : k[i * 3 + l]);
-              t[a][l] = acc;
-            }
-          const int64_t r = flip ? co : ci, c = flip ? ci : co;
-          for (int a = 0; a < 6; ++a)
-            for (int b = 0; b < 6; ++b)
-              up[((grp * 36 + a * 6 + b) * rows + r) * cols + c] =
-                  static_cast<T>(t[a][0] * kG[b][0] + t[a][1] * kG[b][1] + t[a][2] * kG[b][2]);
-        }
+    at::parallel_for(0, g.G * rows, 8, [&](int64_t r0, int64_t r1) {
+      std::vector<T> tmp(18 * cols);
+      for (int64_t r = r0; r < r1; ++r) {  // r = group * rows + row
+        const int64_t grp = r / rows, row = r % rows;
+        filter_row<T>(wp + r * 9 * cols, up + (grp * 36 * rows + row) * cols, rows * cols, cols, flip, tmp.data());
       }
     });
   });
   return U;
 }
 
-// d U [G, 36, Cin, Cout] -> d w = G^T dU G, [G*Cout, Cin, 3, 3].
+// d U [G, 36, Cin, Cout] -> d w = G^T dU G, [G*Cout, Cin, 3, 3] (computed as [G, Cin, 9, Cout]).
 at::Tensor weight_adjoint(const at::Tensor& dU, const Geo& g) {
-  at::Tensor dw = at::empty({g.G * g.Cout, g.Cin, 3, 3}, dU.options());
+  at::Tensor w9 = at::empty({g.G, g.Cin, 9, g.Cout}, dU.options());
   AT_DISPATCH_FLOATING_TYPES(dU.scalar_type(), kBwd, [&] {
     using T = scalar_t;
     const T* up = dU.data_ptr<T>();
-    T* wp = dw.data_ptr<T>();
-    at::parallel_for(0, g.G * g.Cout, 16, [&](int64_t f0, int64_t f1) {
-      for (int64_t f = f0; f < f1; ++f) {
-        const int64_t grp = f / g.Cout, co = f % g.Cout;
-        for (int64_t ci = 0; ci < g.Cin; ++ci) {
-          double t[3][6];  // G^T dU
-          for (int i = 0; i < 3; ++i)
-            for (int b = 0; b < 6; ++b) {
-              double acc = 0;
-              for (int a = 0; a < 6; ++a)
-                acc += kG[a][i] * static_cast<double>(up[((grp * 36 + a * 6 + b) * g.Cin + ci) * g.Cout + co]);
-              t[i][b] = acc;
-            }
-          T* k = wp + (f * g.Cin + ci) * 9;
-          for (int i = 0; i < 3; ++i)
-            for (int l = 0; l < 3; ++l) {
-              double acc = 0;
-              for (int b = 0; b < 6; ++b) acc += t[i][b] * kG[b][l];
-              k[i * 3 + l] = static_cast<T>(acc);
-            }
-        }
+    T* wp = w9.data_ptr<T>();
+    at::parallel_for(0, g.G * g.Cin, 8, [&](int64_t r0, int64_t r1) {
+      std::vector<T> tmp(18 * g.Cout);
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t grp = r / g.Cin, ci = r % g.Cin;
+        filter_row_adjoint<T>(up + (grp * 36 * g.Cin + ci) * g.Cout, g.Cin * g.Cout, wp + r * 9 * g.Cout, g.Cout,
+                              tmp.data());
       }
     });
   });
-  return dw;
+  return w9.permute({0, 3, 1, 2}).reshape({g.G * g.Cout, g.Cin, 3, 3});
 }
 
 Geo geometry(const char* op, const at::Tensor& x, const at::Tensor& w, int64_t groups) {
