@@ -19,6 +19,8 @@ from metareg.nets.conv import conv4
 
 WAYS, SHOTS, QUERY, T, LR = 5, 1, 15, 32, 0.4
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# rounds per case; METAREG_BENCH_ROUNDS=N for more (benchmarks/interleaved_conv4.py alternates
+# the two steps instead, which the VM's drift between blocks of rounds cannot bias)
 ROUNDS = int(os.environ.get("METAREG_BENCH_ROUNDS", 3 if DEVICE == "cpu" else 20))
 
 
@@ -62,12 +64,12 @@ def _bench(benchmark, fn, role, label):
         benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
-def test_metareg_maml_conv4(benchmark, episodes):
+def metareg_step(episodes):
+    """One outer step of metareg's MAML (with Adam) on ``episodes``, as a function of nothing."""
     from metareg.learners import LearnerContext
     from metareg.plugins import get_registry
     from metareg.tasks import TaskBatch, TaskInfo
 
-    assert conv4((1, 28, 28), WAYS).num_params == 112_261  # BENCHMARKS.md's Conv4
     spec = get_registry().get("algorithm", "maml")
     info = TaskInfo(input_shape=(1, 28, 28), output_dim=WAYS, loss="cross_entropy", metric="accuracy")
     ctx = LearnerContext(task=info, make_backbone=lambda name=None: conv4((1, 28, 28), WAYS),
@@ -81,6 +83,12 @@ def test_metareg_maml_conv4(benchmark, episodes):
         learner.step(batch)
         opt.step()
 
+    return step
+
+
+def test_metareg_maml_conv4(benchmark, episodes):
+    assert conv4((1, 28, 28), WAYS).num_params == 112_261  # BENCHMARKS.md's Conv4
+    step = metareg_step(episodes)
     _bench(benchmark, step, "metareg", "metareg maml (batched fast weights)")
 
 
@@ -137,8 +145,8 @@ LOOPS = {"loop": "per-task loop (functional_call, autograd.grad)", "higher": "hi
          "torchopt": "TorchOpt 0.7.3 (MetaSGD per task)"}
 
 
-@pytest.mark.parametrize("library", list(LOOPS))
-def test_per_task_loop(benchmark, episodes, library):
+def loop_step(episodes, library="loop"):
+    """One outer step (with Adam) of ``library``'s per-task recipe on ``episodes``."""
     meta_backward, params = _recipe(library, _module())
     opt = torch.optim.Adam(params, lr=1e-3)
 
@@ -147,6 +155,12 @@ def test_per_task_loop(benchmark, episodes, library):
         meta_backward(episodes.sx, episodes.sy, episodes.qx, episodes.qy)
         opt.step()
 
+    return step
+
+
+@pytest.mark.parametrize("library", list(LOOPS))
+def test_per_task_loop(benchmark, episodes, library):
+    step = loop_step(episodes, library)
     _bench(benchmark, step, "baseline", LOOPS[library])
 
 

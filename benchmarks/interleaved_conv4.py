@@ -27,31 +27,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=8)
     args = ap.parse_args(argv)
-    from metareg.learners import LearnerContext
-    from metareg.plugins import get_registry
-    from metareg.tasks import TaskBatch, TaskInfo
-
     ep = b._Episodes()
-    spec = get_registry().get("algorithm", "maml")
-    info = TaskInfo(input_shape=(1, 28, 28), output_dim=b.WAYS, loss="cross_entropy", metric="accuracy")
-    ctx = LearnerContext(task=info, make_backbone=lambda name=None: b.conv4((1, 28, 28), b.WAYS),
-                         generator=torch.Generator().manual_seed(0), device=torch.device(b.DEVICE))
-    learner = spec.factory(spec.config(inner_lr=b.LR), ctx).to(b.DEVICE)
-    opt_m = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    batch = TaskBatch(ep.sx, ep.sy, ep.qx, ep.qy)
-
-    def metareg_step():
-        opt_m.zero_grad(set_to_none=True)
-        learner.step(batch)
-        opt_m.step()
-
-    meta_backward, params = b._recipe("loop", b._module())
-    opt_l = torch.optim.Adam(params, lr=1e-3)
-
-    def loop_step():
-        opt_l.zero_grad(set_to_none=True)
-        meta_backward(ep.sx, ep.sy, ep.qx, ep.qy)
-        opt_l.step()
+    metareg_step, loop_step = b.metareg_step(ep), b.loop_step(ep)
 
     def timed(fn):
         t0 = time.perf_counter()

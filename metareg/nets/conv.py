@@ -110,8 +110,8 @@ def grouped_conv2d(x: Tensor, weight: Tensor, bias: Tensor | None, t: int, batch
     n, tc, h, w = x.shape
     c = tc // t
     if (weight.shape[-1] == 3 and padding == 1 and bias is None and min(h, w) >= WINOGRAD_MIN_SIZE
-            and min(c, weight.shape[-4]) >= WINOGRAD_MIN_CHANNELS and not (x.is_contiguous() and not batched)
-            and is_differentiated_once() and ops._compiled("conv3x3_winograd", x)):
+            and min(c, weight.shape[-4]) >= WINOGRAD_MIN_CHANNELS and is_differentiated_once()
+            and ops._compiled("conv3x3_winograd", x)):
         # differentiated at most once: Winograd's F(4x4, 3x3), 4x fewer multiplications
         weight = weight.reshape(-1, c, 3, 3) if batched else weight.repeat(t, 1, 1, 1)
         return _in_format(ops.conv3x3_winograd(x, weight, t))
@@ -283,7 +283,7 @@ class ConvNet(FunctionalNet):
         batched = flat.dim() == 2
         if batched and flat.shape[0] != x.shape[0]:
             raise ShapeError(f"per-task parameters [T, P] need x with the same T; got {flat.shape[0]} and {x.shape[0]}.")
-        chunk = self._task_chunk(x, start, end)
+        chunk = self.tasks_per_chunk(x, start, end)
         if chunk < x.shape[0]:
             xs = x.split(chunk)
             fs = flat.split(chunk) if batched else [flat] * len(xs)
@@ -295,10 +295,7 @@ class ConvNet(FunctionalNet):
         time: fewer than T on CPU when the activations would pass ``cpu_chunk_bytes``, else T.
         A learner that runs its meta-batch chunk by chunk (MAML's ``recompute``) follows it, so
         its chunks cost no batching the forward had not already given up."""
-        return self._task_chunk(x, start, len(self.layers) if end is None else end)
-
-    def _task_chunk(self, x: Tensor, start: int, end: int) -> int:
-        """How many tasks one pass over layers ``start:end`` takes on CPU (see ``cpu_chunk_bytes``)."""
+        end = len(self.layers) if end is None else end
         if not self.cpu_chunk_bytes or x.device.type != "cpu" or x.dim() != 5:
             return x.shape[0]
         h, w = x.shape[-2:]

@@ -178,13 +178,19 @@ def _register() -> None:
 
     torch.library.register_autograd(lib + "bn_pool_relu", bpr_backward, setup_context=bpr_setup)
 
-    def bprb_backward(ctx, *grads):
-        raise RuntimeError(
-            "metareg.ops.bn_pool_relu is differentiable once, and this graph differentiates it twice. Second-order "
-            "paths (MAML's inner steps) must use metareg.nets.batchnorm.fused_batch_norm, max_pool2d and relu; "
-            "metareg.nets.conv does so outside metareg.nets.differentiated_once().")
+    def differentiable_once(op: str, instead: str) -> None:
+        """Register an autograd for ``op``'s backward op that refuses, naming what second-order
+        paths use ``instead``."""
 
-    torch.library.register_autograd(lib + "bn_pool_relu_backward", bprb_backward)
+        def refuse(ctx, *grads):
+            raise RuntimeError(
+                f"metareg.ops.{op} is differentiable once, and this graph differentiates it twice. Second-order "
+                f"paths (MAML's inner steps) must use {instead}; metareg.nets.conv does so outside "
+                "metareg.nets.differentiated_once().")
+
+        torch.library.register_autograd(lib + op + "_backward", refuse)
+
+    differentiable_once("bn_pool_relu", "metareg.nets.batchnorm.fused_batch_norm, max_pool2d and relu")
 
     # -- conv3x3_winograd: differentiable once, like bn_pool_relu ----------------------------
     def cw_setup(ctx, inputs, output):
@@ -199,14 +205,7 @@ def _register() -> None:
         return (gx if need_x else None), (gw if need_w else None), None
 
     torch.library.register_autograd(lib + "conv3x3_winograd", cw_backward, setup_context=cw_setup)
-
-    def cwb_backward(ctx, *grads):
-        raise RuntimeError(
-            "metareg.ops.conv3x3_winograd is differentiable once, and this graph differentiates it twice. "
-            "Second-order paths (MAML's inner steps) must use F.conv2d; metareg.nets.conv does so outside "
-            "metareg.nets.differentiated_once().")
-
-    torch.library.register_autograd(lib + "conv3x3_winograd_backward", cwb_backward)
+    differentiable_once("conv3x3_winograd", "F.conv2d")
 
 
 extension, load_reason = _load()

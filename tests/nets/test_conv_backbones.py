@@ -187,7 +187,7 @@ def test_task_chunks_equal_one_chunk():
     x = torch.randn(5, 4, 2, 16, 16, generator=g, dtype=D)
     whole = net(flat, x)
     net.cpu_chunk_bytes = 4 * 3 * 16 * 16 * 8 * 2  # two tasks per chunk: 2, 2, 1
-    assert net._task_chunk(x, 0, len(net.layers)) == 2
+    assert net.tasks_per_chunk(x) == 2
     torch.testing.assert_close(net(flat, x), whole, rtol=1e-12, atol=1e-12)
 
 

@@ -13,6 +13,7 @@ from metareg import ops
 from metareg.errors import ShapeError
 from metareg.ops import _reference as ref
 from metareg.ops._registration import extension
+from thread_counts import at_thread_counts
 
 needs_ext = pytest.mark.skipif(extension is None, reason="metareg._C is not built")
 
@@ -98,16 +99,12 @@ def test_float32_is_float64_to_float32_precision():
 def test_the_result_does_not_depend_on_the_thread_count():
     x, weight, bias = _case(8, 64, 14, 14, dtype=torch.float32)
     leaves = [t.requires_grad_() for t in (x, weight, bias)]
-    old = torch.get_num_threads()
-    results = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out = ops.bn_pool_relu(*leaves)
-            results.append((out, *torch.autograd.grad(out.square().sum(), leaves)))
-    finally:
-        torch.set_num_threads(old)
-    for a, b in zip(*results):
+
+    def run():
+        out = ops.bn_pool_relu(*leaves)
+        return out, *torch.autograd.grad(out.square().sum(), leaves)
+
+    for a, b in zip(*at_thread_counts(run)):
         assert torch.equal(a, b)
 
 

@@ -16,6 +16,7 @@ from metareg.nets import differentiated_once
 from metareg.nets.conv import conv4
 from metareg.ops import _reference as ref
 from metareg.ops._registration import extension
+from thread_counts import at_thread_counts
 
 needs_ext = pytest.mark.skipif(extension is None, reason="metareg._C is not built")
 D = torch.float64
@@ -81,16 +82,12 @@ def test_float32_is_float64_to_winograd_precision():
 def test_the_result_does_not_depend_on_the_thread_count():
     x, weight = _case(5, 2, 16, 16, 13, 11, dtype=torch.float32)
     cot = torch.randn(5, 32, 13, 11, generator=torch.Generator().manual_seed(4))
-    before = torch.get_num_threads()
-    out = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            y = torch.ops.metareg.conv3x3_winograd.default(x, weight, 2)
-            out.append((y, *torch.ops.metareg.conv3x3_winograd_backward.default(cot, x, weight, 2, True, True)))
-    finally:
-        torch.set_num_threads(before)
-    for a, b in zip(*out):
+
+    def run():
+        y = torch.ops.metareg.conv3x3_winograd.default(x, weight, 2)
+        return y, *torch.ops.metareg.conv3x3_winograd_backward.default(cot, x, weight, 2, True, True)
+
+    for a, b in zip(*at_thread_counts(run)):
         assert torch.equal(a, b)
 
 
