@@ -6,6 +6,7 @@
 
 #include <Python.h>
 
+#include <ATen/Parallel.h>
 #include <torch/headeronly/version.h>
 #include <torch/library.h>
 
@@ -102,7 +103,19 @@ PyObject* get_wide_fallbacks(PyObject*, PyObject*) {
   return PyLong_FromLongLong(static_cast<long long>(metareg::wide_fallbacks().load()));
 }
 
+// at::parallel_for initialises the calling thread's OpenMP thread count on its first call, from
+// the process-wide default, through a header-inline function whose once-per-thread flag this
+// library has its own copy of (libtorch has another).  A worker thread that wants its own count
+// (metareg.machine's task workers: one) runs this first, or its first parallel op of ours would
+// later reset the count to the default.  Returns the thread's count.
+PyObject* init_thread_count(PyObject*, PyObject*) {
+  at::internal::lazy_init_num_threads();
+  return PyLong_FromLong(at::get_num_threads());
+}
+
 PyMethodDef methods[] = {
+    {"_init_thread_count", init_thread_count, METH_NOARGS,
+     "Run this library's once-per-thread initialisation of the intra-op thread count now; returns the count."},
     {"_wide_fallbacks", get_wide_fallbacks, METH_NOARGS,
      "How many pairwise_cosine calls left the CPU wide path for the normalise-first one. For tests."},
     {"_set_path_override", set_path_override, METH_O,

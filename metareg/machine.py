@@ -1,15 +1,22 @@
-"""What a run takes from the machine: intra-op threads, memory checks before allocating, peak memory."""
+"""What a run takes from the machine: intra-op threads, task-parallel workers, memory checks
+before allocating, peak memory."""
 
 from __future__ import annotations
 
 import os
-from typing import Any
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
 from .errors import ConfigError
 
-__all__ = ["PARALLEL_WORK", "choose_threads", "check_fits", "peak_memory_mb", "cores"]
+__all__ = ["PARALLEL_WORK", "choose_threads", "check_fits", "peak_memory_mb", "cores", "in_order"]
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 #: inputs per training step (elements) above which the convolutions' work per op outweighs the
@@ -40,6 +47,67 @@ def choose_threads(asked: int, bench: Any, device: torch.device, world: int = 1)
     if len(info.input_shape) >= 3 and size is not None and size // 4 >= PARALLEL_WORK:
         return n, f"image batches of {size // 4:,} inputs: convolutions use the {n} cores"
     return 1, "small per-op work: one thread (a parallel region waits for a descheduled thread on a busy machine)"
+
+
+_pools: dict[tuple[int, int], ThreadPoolExecutor] = {}
+_pools_lock = threading.Lock()
+
+
+def _single_threaded(barrier: threading.Barrier) -> None:
+    # OpenMP's thread count (and MKL's) is per calling thread: this worker's ops run on it alone.
+    # First let torch, and metareg's extension, initialise this thread's count: each does it once
+    # per thread at its first parallel op, from the process-wide default that the caller puts back
+    # below, which would undo the setting
+    torch.get_num_threads()
+    from .ops._registration import extension
+
+    if extension is not None and hasattr(extension, "_init_thread_count"):
+        extension._init_thread_count()
+    torch.set_num_threads(1)
+    barrier.wait()
+
+
+def _workers(n: int) -> ThreadPoolExecutor:
+    """``n`` threads whose torch ops each run with one intra-op thread (made once per process)."""
+    key = (os.getpid(), n)  # a forked child gets its own: the parent's threads are not in it
+    with _pools_lock:
+        pool = _pools.get(key)
+        if pool is None:
+            before = torch.get_num_threads()
+            pool = ThreadPoolExecutor(n, thread_name_prefix="metareg-task")
+            barrier = threading.Barrier(n)  # every one of the n threads starts and sets its own count
+            for f in [pool.submit(_single_threaded, barrier) for _ in range(n)]:
+                f.result()
+            # torch.set_num_threads also stores a process-wide default that new threads start
+            # from: put back the caller's, whose own count the workers did not touch
+            torch.set_num_threads(before)
+            _pools[key] = pool
+        return pool
+
+
+def in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """``fn(item)`` for each item, yielded in the items' order.
+
+    ``workers`` <= 1: one at a time, each computed when the caller asks for it (what is not
+    consumed yet is not computed yet).  More: ``fn`` runs on that many threads at once, each with
+    one intra-op thread, items taken as threads free up.  On a busy machine a descheduled worker
+    then delays only its own item, where an op split across the threads waits for its slowest
+    thread at every parallel region; on a quiet one there is no barrier per op.  ``fn`` must not
+    depend on the order the items run in (no shared random generator); the caller sees results in
+    the items' order, so whatever it sums has the same bits for any number of workers, provided
+    ``fn``'s result does not depend on its own thread count.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    pool = _workers(workers)
+    futures: list[Future] = [pool.submit(fn, item) for item in items]
+    try:
+        for f in futures:
+            yield f.result()
+    finally:  # an error or an interrupt: nothing more is started (running items finish)
+        for f in futures:
+            f.cancel()
 
 
 def _physical_memory() -> int | None:

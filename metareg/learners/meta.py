@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import config, param
 from ..errors import IncompatibleError
+from ..machine import in_order
 from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch, task_losses
 from .base import Learner, LearnerContext
@@ -57,6 +58,12 @@ class GradientMetaConfig:
     task_chunk: int = param(0, "run the meta-batch this many tasks at a time, each chunk's share of the loss "
                                "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
                                "instead of the whole meta-batch; 0: all at once)", ge=0)
+    task_parallel: bool = param(True, "on CPU, where the backbone splits the meta-batch into chunks of tasks anyway "
+                                      "(conv4/resnet12), run those chunks on the run's threads, one chunk per thread "
+                                      "and each op on one thread, each chunk backpropagated on its own (the same "
+                                      "meta-gradient; faster, and it holds up on a busy machine, where an op split "
+                                      "across threads waits for a descheduled one); false: the whole meta-batch at "
+                                      "once, each op split across the threads", )
     compile: bool = param(False, "run the closed-form meta-gradient (MLP backbones, plain mean objective, "
                                  "whole-network adaptation) through torch.compile instead of its C++ op: ~15% faster "
                                  "steps on sinusoid after a one-off compilation of 5-45 s (inductor; needs a C++ "
@@ -220,7 +227,7 @@ class GradientMetaLearner(Learner):
             warnings.warn(f"{type(self).__name__}: compile=true ignored: it compiles the closed-form meta-gradient, "
                           "which needs an MLP backbone (every layer with R-operators), combiner=equal, adversarial=0 "
                           "and whole-network adaptation; this step runs through autograd.", stacklevel=2)
-        chunk = getattr(self.config, "task_chunk", 0) or self._recompute_chunk(batch)
+        chunk = getattr(self.config, "task_chunk", 0) or self._backbone_chunk(batch)
         if chunk and chunk < batch.num_tasks:
             return self._chunked_step(batch, chunk)
         mb = self.meta_objective
@@ -304,25 +311,39 @@ class GradientMetaLearner(Learner):
             fn = self.__dict__["_compiled_fn"] = torch.compile(meta_gradient, fullgraph=True, dynamic=False)
         return fn
 
-    def _recompute_chunk(self, batch: TaskBatch) -> int:
-        """Tasks per chunk of a ``recompute`` step without ``task_chunk``: the backbone's own chunk
-        where it splits the meta-batch anyway (Conv4 and ResNet-12 on CPU, see
-        ``ConvNet.tasks_per_chunk``), so the query graph is one chunk's as well as the inner
-        steps' (recompute alone would still hold every task's query activations); 0 (the whole
-        meta-batch) elsewhere, and for objectives that need every task at once."""
+    def _task_workers(self, batch: TaskBatch) -> int:
+        """Threads that run a chunked step's chunks at once (``task_parallel``): the run's intra-op
+        threads on CPU, else 1 (one chunk at a time, each op on every thread)."""
+        if not getattr(self.config, "task_parallel", False) or batch.query_x.device.type != "cpu":
+            return 1
+        return torch.get_num_threads()
+
+    def _backbone_chunk(self, batch: TaskBatch) -> int:
+        """Tasks per chunk of a step without ``task_chunk``: the backbone's own chunk where it
+        splits the meta-batch anyway (Conv4 and ResNet-12 on CPU, see ``ConvNet.tasks_per_chunk``),
+        so chunks cost no batching the forward had not already given up, when ``recompute`` is on
+        (then the query graph is one chunk's as well as the inner steps'; recompute alone would
+        still hold every task's query activations) or the chunks run on several threads
+        (``task_parallel``); 0 (the whole meta-batch) elsewhere, and for objectives that need every
+        task at once."""
         mo = self.meta_objective
-        if (not getattr(self.config, "recompute", False) or self.config.first_order or not mo.plain
-                or mo.adversarial or mo.needs_jacobian):
+        if not mo.plain or mo.adversarial or mo.needs_jacobian:
+            return 0
+        recompute = getattr(self.config, "recompute", False) and not self.config.first_order
+        if not recompute and self._task_workers(batch) <= 1:
             return 0
         per_chunk = getattr(self.net, "tasks_per_chunk", None)
         return per_chunk(batch.query_x) if per_chunk is not None else 0
 
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
-        """The plain meta-gradient ``chunk`` tasks at a time (``task_chunk``): the tasks are
-        independent, so the chunks' gradients of their share of the mean loss sum to the
-        meta-batch's, and only one chunk's graph is alive at a time."""
-        t, total = batch.num_tasks, 0.0
-        for start in range(0, t, chunk):
+        """The plain meta-gradient ``chunk`` tasks at a time: the tasks are independent, so the
+        chunks' gradients of their share of the mean loss sum to the meta-batch's.  One chunk's
+        graph is alive at a time, or one per thread with ``task_parallel`` (chunks run as threads
+        free up; their gradients are summed in the chunks' order, whatever order they ran in)."""
+        t = batch.num_tasks
+        params = [p for p in self.parameters() if p.requires_grad]
+
+        def chunk_gradient(start: int) -> tuple[tuple[Tensor | None, ...], Tensor]:
             part = batch.slice(start, start + chunk)
             with differentiated_once():  # as in step: the body's features are differentiated once
                 feats_s, feats_q = self.features(self.theta, part.support_x, part.query_x)
@@ -330,8 +351,15 @@ class GradientMetaLearner(Learner):
                                       create_graph=not self.config.first_order)
             with differentiated_once():  # and so is the query pass
                 losses = self.losses(self.predict_query(fast, feats_s, feats_q), part.query_y)
-            (losses.sum() / t).backward()
-            total = total + losses.detach().sum()
+            grads = torch.autograd.grad(losses.sum() / t, params, allow_unused=True)
+            return grads, losses.detach().sum()
+
+        total = 0.0
+        for grads, loss in in_order(chunk_gradient, range(0, t, chunk), self._task_workers(batch)):
+            for p, g in zip(params, grads):
+                if g is not None:
+                    _accumulate(p, g)
+            total = total + loss
         return {"loss": (total / t).item()}
 
     def adapt_predict(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
