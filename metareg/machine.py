@@ -13,7 +13,7 @@ import torch
 
 from .errors import ConfigError
 
-__all__ = ["PARALLEL_WORK", "choose_threads", "check_fits", "peak_memory_mb", "cores", "in_order"]
+__all__ = ["PARALLEL_WORK", "choose_threads", "check_fits", "peak_memory_mb", "cores", "in_order", "task_workers"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -83,6 +83,18 @@ def _workers(n: int) -> ThreadPoolExecutor:
             torch.set_num_threads(before)
             _pools[key] = pool
         return pool
+
+
+def task_workers(threads: int) -> int:
+    """Workers for independent work items (a meta-batch's chunks of tasks) on ``threads`` cores:
+    one more than the threads, or 1 for one thread.
+
+    The kernel shares a core among the threads that want it.  Beside one busy process on 2 cores,
+    2 workers get 1.5 cores while the scheduler leaves one of them alone on the free core and 1
+    core while it puts both there, and it moves them back and forth (measured: 1.5x the quiet step
+    time); 3 workers of 4 runnable threads get about 1.5 cores wherever they are (1.29x); quiet,
+    3 workers take the same time as 2 (benchmarks/RESULTS.md, "Speed on a busy machine")."""
+    return threads + 1 if threads > 1 else 1
 
 
 def in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

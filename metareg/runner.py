@@ -507,6 +507,8 @@ class Run:
             "device": str(self.device),
             "threads": torch.get_num_threads(),
             "threads_reason": getattr(self, "threads_reason", ""),
+            # workers of a step that ran its chunks of tasks on their own threads (task_parallel)
+            "step_workers": getattr(getattr(self, "learner", None), "step_workers", 1),
             "num_params": self.num_params,
             "train_time_s": round(train_time, 3),
             "steps_per_s": round(done / train_time, 2) if train_time > 0 else None,

@@ -26,7 +26,7 @@ from metareg.runner import Run
 ARGS = ["maml", "-b", "sinusoid", "--steps", "40", "--set", "checkpoint_every=6", "--set", "checkpoint_every_s=0",
         "--set", "log_every=3", "--set", "val_every=15", "--set", "val_tasks=10", "--set", "eval_tasks=30"]
 WALL_CLOCK = {"time_s", "train_time_s", "steps_per_s", "sample_time_s", "sample_share", "eval_time_s",
-              "adapt_time_per_task_ms", "peak_memory_mb", "finished_at", "out", "threads"}
+              "adapt_time_per_task_ms", "peak_memory_mb", "finished_at", "out", "threads", "step_workers"}
 
 # a child that runs `metareg run ...` and signals itself at step KILL_AT (or, with "eval", when
 # the final evaluation starts)

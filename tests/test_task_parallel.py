@@ -1,8 +1,9 @@
-"""``task_parallel``: on CPU, a gradient meta-learner runs the backbone's chunks of tasks on the
-run's threads, one chunk per thread with one intra-op thread each (``metareg.machine.in_order``).
+"""``task_parallel``: on CPU, a gradient meta-learner runs the backbone's chunks of tasks one by
+one, each chunk's ops on one thread, on one more worker than the run has threads
+(``metareg.machine.in_order``, ``task_workers``).
 
 The meta-gradient must be the whole meta-batch's (float64, every MAML-family learner on Conv4),
-the same bits for any number of workers, and the chunks must really run on the workers, each
+the same bits for any thread count, and the chunks must really run on the workers, each
 single-threaded, without changing the caller's thread setting.
 """
 
@@ -70,7 +71,7 @@ def test_parallel_chunks_give_the_whole_meta_batch_gradient(algo, over, two_thre
     want_loss, want = _step(whole, batch)
     seen.clear()
     parallel = _learner(algo, torch.float64, **over)
-    assert parallel._backbone_chunk(batch) == 2 and parallel._task_workers(batch) == 2
+    assert parallel._backbone_chunk(batch) == 2 and parallel._task_workers(batch) == 3
     loss, got = _step(parallel, batch)
     assert len(want) == len(got) >= 1 and want[0].abs().max() > 1e-6
     for a, b in zip(got, want):
@@ -83,23 +84,27 @@ def test_parallel_chunks_give_the_whole_meta_batch_gradient(algo, over, two_thre
     assert torch.get_num_threads() == 2  # the caller's setting is untouched
 
 
-def test_parallel_chunks_have_the_same_bits_for_any_number_of_workers():
+def test_chunks_have_the_same_bits_for_any_thread_count():
+    # 1 thread: the chunks one by one on the caller's thread; 2 and 3: on 3 and 4 workers
     batch = _batch(torch.float32)
 
     def step():
         learner = _learner("maml", torch.float32, per_chunk=1)
-        return _step(learner, batch)
+        result = _step(learner, batch)
+        return learner.step_workers, result
 
-    (l2, g2), (l3, g3) = at_thread_counts(step, counts=(2, 3))
-    assert l2 == l3 and all(torch.equal(a, b) for a, b in zip(g2, g3))
+    runs = at_thread_counts(step, counts=(1, 2, 3))
+    assert [workers for workers, _ in runs] == [1, 3, 4]
+    (l1, g1) = runs[0][1]
+    for _, (loss, grads) in runs[1:]:
+        assert loss == l1 and all(torch.equal(a, b) for a, b in zip(grads, g1))
 
 
-def test_one_thread_or_task_parallel_false_runs_the_whole_meta_batch(two_threads):
+def test_task_parallel_false_runs_the_whole_meta_batch(two_threads):
     batch = _batch(torch.float32)
     assert _learner("maml", torch.float32, task_parallel=False)._backbone_chunk(batch) == 0
-    torch.set_num_threads(1)
-    learner = _learner("maml", torch.float32)
-    assert learner._task_workers(batch) == 1 and learner._backbone_chunk(batch) == 0
+    assert _learner("maml", torch.float32)._backbone_chunk(batch) == 2
+    assert machine.task_workers(1) == 1 and machine.task_workers(2) == 3
 
 
 def test_in_order_keeps_the_items_order_and_the_callers_threads():

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import config, param
 from ..errors import IncompatibleError
-from ..machine import in_order
+from ..machine import in_order, task_workers
 from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch, task_losses
 from .base import Learner, LearnerContext
@@ -59,11 +59,12 @@ class GradientMetaConfig:
                                "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
                                "instead of the whole meta-batch; 0: all at once)", ge=0)
     task_parallel: bool = param(True, "on CPU, where the backbone splits the meta-batch into chunks of tasks anyway "
-                                      "(conv4/resnet12), run those chunks on the run's threads, one chunk per thread "
-                                      "and each op on one thread, each chunk backpropagated on its own (the same "
-                                      "meta-gradient; faster, and it holds up on a busy machine, where an op split "
-                                      "across threads waits for a descheduled one); false: the whole meta-batch at "
-                                      "once, each op split across the threads", )
+                                      "(conv4/resnet12), run the step chunk by chunk, each chunk's ops on one thread "
+                                      "and its graph backpropagated on its own, on one more worker than the run has "
+                                      "threads (the same meta-gradient, with the same bits for every thread count; "
+                                      "faster, and it holds up on a busy machine, where an op split across threads "
+                                      "waits for a descheduled one); false: the whole meta-batch at once, each op "
+                                      "split across the threads")
     compile: bool = param(False, "run the closed-form meta-gradient (MLP backbones, plain mean objective, "
                                  "whole-network adaptation) through torch.compile instead of its C++ op: ~15% faster "
                                  "steps on sinusoid after a one-off compilation of 5-45 s (inductor; needs a C++ "
@@ -91,6 +92,8 @@ class GradientMetaLearner(Learner):
                 feature_dim = self.net.forward(self.theta[: self.net.head_offset], probe, 0, self.net.head_from,
                                                support_size=2).flatten(2).shape[-1]
         self.meta_objective = MetaBatchObjective(config, context, feature_dim)
+        #: threads that ran the last step's chunks of tasks (1: the caller's thread; summary.json)
+        self.step_workers = 1
         if getattr(config, "task_chunk", 0) and (not self.meta_objective.plain or self.meta_objective.adversarial):
             raise IncompatibleError(f"task_chunk runs the plain mean of the task losses chunk by chunk; combiner "
                                     f"'{config.combiner}' and adversarial > 0 need the whole meta-batch at once: "
@@ -312,25 +315,27 @@ class GradientMetaLearner(Learner):
         return fn
 
     def _task_workers(self, batch: TaskBatch) -> int:
-        """Threads that run a chunked step's chunks at once (``task_parallel``): the run's intra-op
-        threads on CPU, else 1 (one chunk at a time, each op on every thread)."""
+        """Threads that run a chunked step's chunks at once: with ``task_parallel`` on CPU, one
+        more than the run's intra-op threads (:func:`metareg.machine.task_workers`), else 1 (one
+        chunk at a time on the caller's thread)."""
         if not getattr(self.config, "task_parallel", False) or batch.query_x.device.type != "cpu":
             return 1
-        return torch.get_num_threads()
+        return task_workers(torch.get_num_threads())
 
     def _backbone_chunk(self, batch: TaskBatch) -> int:
         """Tasks per chunk of a step without ``task_chunk``: the backbone's own chunk where it
         splits the meta-batch anyway (Conv4 and ResNet-12 on CPU, see ``ConvNet.tasks_per_chunk``),
-        so chunks cost no batching the forward had not already given up, when ``recompute`` is on
-        (then the query graph is one chunk's as well as the inner steps'; recompute alone would
-        still hold every task's query activations) or the chunks run on several threads
-        (``task_parallel``); 0 (the whole meta-batch) elsewhere, and for objectives that need every
-        task at once."""
+        so chunks cost no batching the forward had not already given up, when ``task_parallel``
+        (the chunks run on workers, each single-threaded) or ``recompute`` is on (then the query
+        graph is one chunk's as well as the inner steps'; recompute alone would still hold every
+        task's query activations); 0 (the whole meta-batch) elsewhere, and for objectives that
+        need every task at once."""
         mo = self.meta_objective
         if not mo.plain or mo.adversarial or mo.needs_jacobian:
             return 0
         recompute = getattr(self.config, "recompute", False) and not self.config.first_order
-        if not recompute and self._task_workers(batch) <= 1:
+        parallel = getattr(self.config, "task_parallel", False) and batch.query_x.device.type == "cpu"
+        if not (recompute or parallel):
             return 0
         per_chunk = getattr(self.net, "tasks_per_chunk", None)
         return per_chunk(batch.query_x) if per_chunk is not None else 0
@@ -338,7 +343,7 @@ class GradientMetaLearner(Learner):
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
         """The plain meta-gradient ``chunk`` tasks at a time: the tasks are independent, so the
         chunks' gradients of their share of the mean loss sum to the meta-batch's.  One chunk's
-        graph is alive at a time, or one per thread with ``task_parallel`` (chunks run as threads
+        graph is alive at a time, or one per worker with ``task_parallel`` (chunks run as workers
         free up; their gradients are summed in the chunks' order, whatever order they ran in)."""
         t = batch.num_tasks
         params = [p for p in self.parameters() if p.requires_grad]
@@ -355,7 +360,8 @@ class GradientMetaLearner(Learner):
             return grads, losses.detach().sum()
 
         total = 0.0
-        for grads, loss in in_order(chunk_gradient, range(0, t, chunk), self._task_workers(batch)):
+        self.step_workers = self._task_workers(batch)
+        for grads, loss in in_order(chunk_gradient, range(0, t, chunk), self.step_workers):
             for p, g in zip(params, grads):
                 if g is not None:
                     _accumulate(p, g)
