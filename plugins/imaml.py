@@ -18,7 +18,9 @@ Adaptation at test time solves the same proximal problem from theta.
 
 ``first_order=true`` skips CG (g_t = grad L_t^query(phi_t), the first-order approximation of the
 paper's section 3).  Gradient combiners get the per-task g_t as the rows [T, P] they aggregate.  ``task_chunk`` runs
-the meta-batch that many tasks at a time (same gradient, the memory of one chunk).
+the meta-batch that many tasks at a time (same gradient, the memory of one chunk); on CPU,
+``task_parallel`` (on by default) runs Conv4's and ResNet-12's own chunks of tasks on workers of one
+thread each, as the MAML family does.
 """
 
 import torch
@@ -26,6 +28,7 @@ from torch import Tensor
 
 import metareg
 from metareg import GradientMetaConfig, GradientMetaLearner
+from metareg.machine import in_order
 
 PAPER = "Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit Gradients. NeurIPS 2019"
 
@@ -133,9 +136,12 @@ class IMAML(GradientMetaLearner):
     def step(self, batch):
         mo = self.meta_objective
         theta = self.theta.detach()
-        # task_chunk: the tasks are independent, so chunks only bound the memory of one pass
-        chunk = self.config.task_chunk or batch.num_tasks
-        parts = [self.task_gradients(theta, batch.slice(i, i + chunk)) for i in range(0, batch.num_tasks, chunk)]
+        # the tasks are independent: task_chunk bounds the memory of one pass, and task_parallel
+        # runs the backbone's chunks on workers of one thread each (metareg.machine.in_order)
+        chunk = self.config.task_chunk or self._parallel_chunk(batch) or batch.num_tasks
+        self.step_workers = self._task_workers(batch) if chunk < batch.num_tasks else 1
+        parts = in_order(lambda i: self.task_gradients(theta, batch.slice(i, i + chunk)),
+                         range(0, batch.num_tasks, chunk), self.step_workers)
         rows, query_losses = (torch.cat(x) for x in zip(*parts))
         out = {}
         if mo.needs_jacobian:

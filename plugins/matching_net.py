@@ -14,6 +14,7 @@ from torch import nn
 
 import metareg
 from metareg import EmbeddingLearner, one_hot
+from metareg.learners.base import TASK_PARALLEL_HELP
 
 
 @metareg.config
@@ -25,6 +26,7 @@ class MatchingNetConfig:
                                            "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
     adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
                                             "reversal (0: off); needs training tasks with ids", ge=0)
+    task_parallel: bool = metareg.param(True, TASK_PARALLEL_HELP)
 
 
 @metareg.algorithm("matching_net", kind="meta", family="metric",
@@ -32,6 +34,7 @@ class MatchingNetConfig:
                    paper="Vinyals et al. Matching Networks for One Shot Learning. NeurIPS 2016",
                    config=MatchingNetConfig, requires={"episodic", "classification"})
 class MatchingNet(EmbeddingLearner):
+    episodes_independent = True  # each episode's logits and loss from its own embeddings
     def __init__(self, config, context):
         super().__init__(config, context)
         if config.fce:

@@ -14,6 +14,7 @@ from torch import nn
 
 import metareg
 from metareg import EmbeddingLearner, class_means
+from metareg.learners.base import TASK_PARALLEL_HELP
 
 
 @metareg.config
@@ -25,12 +26,14 @@ class ProtoNetConfig:
                                            "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
     adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
                                             "reversal (0: off); needs training tasks with ids", ge=0)
+    task_parallel: bool = metareg.param(True, TASK_PARALLEL_HELP)
 
 
 @metareg.algorithm("protonet", kind="meta", family="metric", summary="nearest class mean (prototype) in embedding space",
                    paper="Snell, Swersky, Zemel. Prototypical Networks for Few-shot Learning. NeurIPS 2017",
                    config=ProtoNetConfig, requires={"episodic", "classification"})
 class ProtoNet(EmbeddingLearner):
+    episodes_independent = True  # each episode's logits and loss from its own embeddings
     def __init__(self, config, context):
         super().__init__(config, context)
         if config.distance == "cosine":

@@ -24,6 +24,7 @@ from torch import nn
 
 import metareg
 from metareg import EmbeddingLearner, batch_norm, class_means, one_hot
+from metareg.learners.base import TASK_PARALLEL_HELP
 
 
 @metareg.config
@@ -38,12 +39,14 @@ class RelationNetConfig:
                                            "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
     adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
                                             "reversal (0: off); needs training tasks with ids", ge=0)
+    task_parallel: bool = metareg.param(True, TASK_PARALLEL_HELP)
 
 
 @metareg.algorithm("relation_net", kind="meta", family="metric", summary="a learned relation score between query and class",
                    paper="Sung et al. Learning to Compare: Relation Network for Few-Shot Learning. CVPR 2018",
                    config=RelationNetConfig, requires={"episodic", "classification"})
 class RelationNet(EmbeddingLearner):
+    episodes_independent = True  # the relation module's batch statistics are per episode too
     def __init__(self, config, context):
         super().__init__(config, context)
         d, c, h = self.feature_dim, config.relation_channels, config.relation_hidden

@@ -15,6 +15,7 @@ import torch
 
 import metareg
 from metareg import GradientMetaConfig, GradientMetaLearner
+from metareg.machine import in_order
 
 
 @metareg.config
@@ -45,11 +46,21 @@ class Reptile(GradientMetaLearner):
         y = torch.cat([batch.support_y, batch.query_y], 1)
         theta = self.theta.detach()
         mo = self.meta_objective
-        with torch.no_grad():
-            before_t = self.losses(self.predict(theta, x), y)
-            before = before_t.mean().item()
-        with torch.enable_grad():
-            fast, _ = self.inner_loop(theta, x, y, self.config.inner_steps, create_graph=False)
+
+        def adapt(i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # tasks i:i+n: losses before, fast weights
+            with torch.no_grad():
+                before_t = self.losses(self.predict(theta, x[i: i + n]), y[i: i + n])
+            with torch.enable_grad():
+                fast, _ = self.inner_loop(theta, x[i: i + n], y[i: i + n], self.config.inner_steps, create_graph=False)
+            return before_t, fast.detach()
+
+        # on CPU, task_parallel runs the backbone's chunks of tasks on workers of one thread each
+        t = batch.num_tasks
+        chunk = self._parallel_chunk(batch) or t
+        self.step_workers = self._task_workers(batch) if chunk < t else 1
+        before_t, fast = (torch.cat(v) for v in zip(*in_order(lambda i: adapt(i, chunk), range(0, t, chunk),
+                                                               self.step_workers)))
+        before = before_t.mean().item()
         out = {}
         if mo.needs_jacobian:
             self.theta.grad, out = mo.aggregate(theta - fast.detach(), before_t, batch.task_ids)

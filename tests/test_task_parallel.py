@@ -36,7 +36,9 @@ def _learner(algo, dtype, per_chunk=2, **over):
     ctx = LearnerContext(task=info, make_backbone=lambda name=None: net, generator=torch.Generator().manual_seed(2),
                          dtype=dtype)
     spec = get_registry().get("algorithm", algo)
-    return spec.factory(spec.config(inner_lr=0.3, inner_steps=2, **over), ctx)
+    if spec.family == "optimization":
+        over = {"inner_lr": 0.3, "inner_steps": 2, **over}
+    return spec.factory(spec.config(**over), ctx)
 
 
 def _step(learner, batch):
@@ -53,8 +55,8 @@ def two_threads():
 
 
 @pytest.mark.parametrize("algo,over", [("maml", {}), ("fomaml", {}), ("anil", {}), ("meta_sgd", {}),
-                                       ("maml", {"recompute": True})],
-                         ids=["maml", "fomaml", "anil", "meta_sgd", "maml_recompute"])
+                                       ("maml", {"recompute": True}), ("imaml", {}), ("reptile", {})],
+                         ids=["maml", "fomaml", "anil", "meta_sgd", "maml_recompute", "imaml", "reptile"])
 def test_parallel_chunks_give_the_whole_meta_batch_gradient(algo, over, two_threads, monkeypatch):
     seen = []  # (thread name, its intra-op threads) of every chunk's forward
     real = meta.GradientMetaLearner.losses
@@ -66,13 +68,14 @@ def test_parallel_chunks_give_the_whole_meta_batch_gradient(algo, over, two_thre
     monkeypatch.setattr(meta.GradientMetaLearner, "losses", spy)
     batch = _batch(torch.float64)
     whole = _learner(algo, torch.float64, task_parallel=False, **over)
-    if not over.get("recompute"):
-        assert whole._backbone_chunk(batch) == 0  # one pass over the whole meta-batch
+    assert whole._parallel_chunk(batch) == 0
     want_loss, want = _step(whole, batch)
+    assert whole.step_workers == 1
     seen.clear()
     parallel = _learner(algo, torch.float64, **over)
-    assert parallel._backbone_chunk(batch) == 2 and parallel._task_workers(batch) == 3
+    assert parallel._parallel_chunk(batch) == 2
     loss, got = _step(parallel, batch)
+    assert parallel.step_workers == 3
     assert len(want) == len(got) >= 1 and want[0].abs().max() > 1e-6
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
@@ -152,3 +155,26 @@ def test_in_order_raises_the_first_error_and_starts_nothing_after_it():
             pass
     gate.set()
     assert len(started) < 50  # the queued items were cancelled
+
+
+@pytest.mark.parametrize("algo,over", [("protonet", {}), ("protonet", {"distance": "cosine"}),
+                                       ("matching_net", {}), ("matching_net", {"fce": True}), ("relation_net", {})],
+                         ids=["protonet", "protonet_cosine", "matching_net", "matching_net_fce", "relation_net"])
+def test_metric_learners_in_chunks_give_the_whole_meta_batch_gradient(algo, over, two_threads):
+    batch = _batch(torch.float64)
+    results, workers = [], []
+    for parallel in (False, True):
+        # the embedding runs support and query together: 9 examples a task, chunks of 2 tasks
+        torch.manual_seed(0)  # the full-context LSTMs start from torch's global generator
+        learner = _learner(algo, torch.float64, per_chunk=3, task_parallel=parallel, **over)
+        assert learner._parallel_chunk(batch) == (2 if parallel else 0)
+        out = learner.step(batch)
+        grads = [p.grad.clone() for p in learner.parameters() if p.grad is not None]
+        results.append((out, grads)), workers.append(learner.step_workers)
+    (want_out, want), (out, got) = results
+    assert workers == [1, 3] and len(got) == len(want) >= 1 and want[0].abs().max() > 1e-6
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
+    assert out["loss"] == pytest.approx(want_out["loss"], rel=1e-12)
+    assert out["accuracy"] == pytest.approx(want_out["accuracy"], abs=1e-12)
+

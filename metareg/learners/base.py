@@ -17,10 +17,46 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from ..machine import in_order, task_workers
 from ..nets import FunctionalNet
 from ..tasks.base import TaskBatch, TaskInfo, task_losses
 
-__all__ = ["Learner", "LearnerContext"]
+__all__ = ["Learner", "LearnerContext", "TASK_PARALLEL_HELP", "task_parallel_workers", "accumulate_chunks"]
+
+#: the ``task_parallel`` option of meta-learners whose meta-batch runs in chunks of tasks
+TASK_PARALLEL_HELP = ("on CPU, where the backbone splits the meta-batch into chunks of tasks anyway (conv4/resnet12), "
+                      "run the step chunk by chunk, each chunk's ops on one thread, on one more worker than the run "
+                      "has threads (the same gradient, with the same bits for every thread count; faster, and it "
+                      "holds up on a busy machine, where an op split across threads waits for a descheduled one); "
+                      "false: the whole meta-batch at once, each op split across the threads")
+
+
+def task_parallel_workers(config: Any, batch: TaskBatch) -> int:
+    """Workers for a step's chunks of tasks: with ``config.task_parallel`` on CPU, one more than
+    the run's intra-op threads (:func:`metareg.machine.task_workers`), else 1 (the caller's
+    thread, one chunk at a time)."""
+    if not getattr(config, "task_parallel", False) or batch.query_x.device.type != "cpu":
+        return 1
+    return task_workers(torch.get_num_threads())
+
+
+def accumulate_chunks(params: Sequence[Tensor], chunk: Callable[[int], tuple], starts: Sequence[int],
+                      workers: int) -> list[tuple]:
+    """Run ``chunk(start)`` -> (gradients aligned with ``params``, *extra) for every start on
+    ``workers`` threads (:func:`metareg.machine.in_order`) and add the gradients to the params'
+    ``.grad`` in the starts' order, whatever order the chunks ran in (a gradient of None: no
+    contribution).  Returns each chunk's extras."""
+    extras = []
+    for grads, *extra in in_order(chunk, starts, workers):
+        for p, g in zip(params, grads):
+            if g is None:
+                continue
+            if p.grad is None:
+                p.grad = g.to(p.dtype)
+            else:
+                p.grad.add_(g)
+        extras.append(tuple(extra))
+    return extras
 
 
 @dataclasses.dataclass

@@ -29,10 +29,9 @@ from torch import Tensor, nn
 from .. import ops
 from ..config import config, param
 from ..errors import IncompatibleError
-from ..machine import in_order, task_workers
 from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch, task_losses
-from .base import Learner, LearnerContext
+from .base import TASK_PARALLEL_HELP, Learner, LearnerContext, accumulate_chunks, task_parallel_workers
 from .meta_batch import MetaBatchObjective
 
 __all__ = ["GradientMetaLearner", "GradientMetaConfig"]
@@ -58,13 +57,7 @@ class GradientMetaConfig:
     task_chunk: int = param(0, "run the meta-batch this many tasks at a time, each chunk's share of the loss "
                                "backpropagated before the next (the same meta-gradient; peak memory of one chunk "
                                "instead of the whole meta-batch; 0: all at once)", ge=0)
-    task_parallel: bool = param(True, "on CPU, where the backbone splits the meta-batch into chunks of tasks anyway "
-                                      "(conv4/resnet12), run the step chunk by chunk, each chunk's ops on one thread "
-                                      "and its graph backpropagated on its own, on one more worker than the run has "
-                                      "threads (the same meta-gradient, with the same bits for every thread count; "
-                                      "faster, and it holds up on a busy machine, where an op split across threads "
-                                      "waits for a descheduled one); false: the whole meta-batch at once, each op "
-                                      "split across the threads")
+    task_parallel: bool = param(True, TASK_PARALLEL_HELP)
     compile: bool = param(False, "run the closed-form meta-gradient (MLP backbones, plain mean objective, "
                                  "whole-network adaptation) through torch.compile instead of its C++ op: ~15% faster "
                                  "steps on sinusoid after a one-off compilation of 5-45 s (inductor; needs a C++ "
@@ -315,30 +308,33 @@ class GradientMetaLearner(Learner):
         return fn
 
     def _task_workers(self, batch: TaskBatch) -> int:
-        """Threads that run a chunked step's chunks at once: with ``task_parallel`` on CPU, one
-        more than the run's intra-op threads (:func:`metareg.machine.task_workers`), else 1 (one
-        chunk at a time on the caller's thread)."""
+        return task_parallel_workers(self.config, batch)
+
+    def _parallel_chunk(self, batch: TaskBatch) -> int:
+        """Tasks per chunk of ``task_parallel``: the backbone's own chunk where it splits the
+        meta-batch anyway (Conv4 and ResNet-12 on CPU, see ``ConvNet.tasks_per_chunk``), so chunks
+        cost no batching the forward had not already given up; 0 (no chunks) where it does not,
+        on other devices, or with ``task_parallel=false``."""
         if not getattr(self.config, "task_parallel", False) or batch.query_x.device.type != "cpu":
-            return 1
-        return task_workers(torch.get_num_threads())
+            return 0
+        return self._net_chunk(batch)
+
+    def _net_chunk(self, batch: TaskBatch) -> int:
+        per_chunk = getattr(self.net, "tasks_per_chunk", None)
+        chunk = per_chunk(batch.query_x) if per_chunk is not None else 0
+        return chunk if chunk < batch.num_tasks else 0
 
     def _backbone_chunk(self, batch: TaskBatch) -> int:
-        """Tasks per chunk of a step without ``task_chunk``: the backbone's own chunk where it
-        splits the meta-batch anyway (Conv4 and ResNet-12 on CPU, see ``ConvNet.tasks_per_chunk``),
-        so chunks cost no batching the forward had not already given up, when ``task_parallel``
-        (the chunks run on workers, each single-threaded) or ``recompute`` is on (then the query
-        graph is one chunk's as well as the inner steps'; recompute alone would still hold every
-        task's query activations); 0 (the whole meta-batch) elsewhere, and for objectives that
-        need every task at once."""
+        """Tasks per chunk of a step without ``task_chunk``: :meth:`_parallel_chunk`, and the same
+        chunk with ``recompute`` (then the query graph is one chunk's as well as the inner steps';
+        recompute alone would still hold every task's query activations); 0 (the whole
+        meta-batch) elsewhere, and for objectives that need every task at once."""
         mo = self.meta_objective
         if not mo.plain or mo.adversarial or mo.needs_jacobian:
             return 0
-        recompute = getattr(self.config, "recompute", False) and not self.config.first_order
-        parallel = getattr(self.config, "task_parallel", False) and batch.query_x.device.type == "cpu"
-        if not (recompute or parallel):
-            return 0
-        per_chunk = getattr(self.net, "tasks_per_chunk", None)
-        return per_chunk(batch.query_x) if per_chunk is not None else 0
+        if getattr(self.config, "recompute", False) and not self.config.first_order:
+            return self._net_chunk(batch)
+        return self._parallel_chunk(batch)
 
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
         """The plain meta-gradient ``chunk`` tasks at a time: the tasks are independent, so the
@@ -359,14 +355,9 @@ class GradientMetaLearner(Learner):
             grads = torch.autograd.grad(losses.sum() / t, params, allow_unused=True)
             return grads, losses.detach().sum()
 
-        total = 0.0
         self.step_workers = self._task_workers(batch)
-        for grads, loss in in_order(chunk_gradient, range(0, t, chunk), self.step_workers):
-            for p, g in zip(params, grads):
-                if g is not None:
-                    _accumulate(p, g)
-            total = total + loss
-        return {"loss": (total / t).item()}
+        losses = accumulate_chunks(params, chunk_gradient, range(0, t, chunk), self.step_workers)
+        return {"loss": (sum(loss for (loss,) in losses) / t).item()}
 
     def adapt_predict(self, batch: TaskBatch, steps: Sequence[int]) -> dict[int, Tensor]:
         with torch.enable_grad():

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import IncompatibleError
 from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch
-from .base import Learner, LearnerContext
+from .base import Learner, LearnerContext, accumulate_chunks, task_parallel_workers
 from .meta_batch import MetaBatchObjective
 
 __all__ = ["EmbeddingLearner", "class_means", "one_hot"]
@@ -51,6 +51,10 @@ class EmbeddingLearner(Learner):
     kind = "meta"
     step_adaptation = False
     capabilities = frozenset({"metric"})
+    #: whether :meth:`logits` and :meth:`episode_losses` treat each episode on its own (no
+    #: statistic across the episodes of a meta-batch), so that a config with ``task_parallel``
+    #: may run the meta-batch in chunks of episodes; off unless a subclass says so
+    episodes_independent: bool = False
 
     def __init__(self, config, context: LearnerContext) -> None:
         super().__init__(config, context)
@@ -64,6 +68,8 @@ class EmbeddingLearner(Learner):
             probe = torch.zeros(1, 2, *context.task.input_shape, dtype=context.dtype, device=context.device)
             self.feature_dim = self.embed(probe, support_size=2).shape[-1]
         self.meta_objective = MetaBatchObjective(config, context, self.feature_dim)
+        #: threads that ran the last step's chunks of episodes (1: the caller's thread; summary.json)
+        self.step_workers = 1
 
     def embed(self, x: Tensor, support_size: int | None = None, theta: Tensor | None = None) -> Tensor:
         """x [T, N, *in] -> [T, N, F] with the shared embedding network (the first
@@ -95,7 +101,45 @@ class EmbeddingLearner(Learner):
         emb = self.embed(torch.cat([batch.support_x, batch.query_x], 1), support_size=s, theta=theta)
         return self.logits(emb[:, s:], emb[:, :s], batch.support_y), emb
 
+    def _parallel_chunk(self, batch: TaskBatch) -> int:
+        """Episodes per chunk of a ``task_parallel`` step: the backbone's own chunk of the
+        episodes' support and query examples on CPU (``ConvNet.tasks_per_chunk``); 0 (the whole
+        meta-batch) where it has none, for combiners and ``adversarial`` (they need every episode
+        at once) and for learners whose episodes are not independent."""
+        mo = self.meta_objective
+        per_chunk = getattr(self.net, "tasks_per_chunk", None)
+        if (not self.episodes_independent or per_chunk is None or not mo.plain or mo.adversarial
+                or not getattr(self.config, "task_parallel", False) or batch.query_x.device.type != "cpu"):
+            return 0
+        q = batch.query_x
+        both = q[:, :1].expand(-1, batch.support_x.shape[1] + q.shape[1], *q.shape[2:])  # the shape embed() sees
+        chunk = per_chunk(both)
+        return chunk if chunk < batch.num_tasks else 0
+
+    def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
+        """The plain mean loss ``chunk`` episodes at a time, on workers of one thread each: each
+        chunk's gradient of its share of the loss (every episode has the same number of queries),
+        summed in the chunks' order."""
+        t = batch.num_tasks
+        params = [p for p in self.parameters() if p.requires_grad]
+
+        def chunk_gradient(start: int) -> tuple:
+            part = batch.slice(start, start + chunk)
+            with differentiated_once():
+                logits, _ = self._episode(part)
+            losses = self.episode_losses(logits, part.query_y)
+            grads = torch.autograd.grad(losses.sum() / t, params, allow_unused=True)
+            return grads, losses.detach().sum(), (logits.detach().argmax(-1) == part.query_y).sum()
+
+        self.step_workers = task_parallel_workers(self.config, batch)
+        parts = accumulate_chunks(params, chunk_gradient, range(0, t, chunk), self.step_workers)
+        loss = sum(p[0] for p in parts) / t
+        return {"loss": loss.item(), "accuracy": (sum(p[1] for p in parts) / batch.query_y.numel()).item()}
+
     def step(self, batch: TaskBatch) -> dict[str, float]:
+        chunk = self._parallel_chunk(batch)
+        if chunk:
+            return self._chunked_step(batch, chunk)
         mo = self.meta_objective
         rows = mo.task_rows(self.theta, batch.num_tasks) if mo.needs_jacobian else None
         # the plain objective differentiates the episode once: Conv4 may end its blocks with
