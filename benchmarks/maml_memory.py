@@ -3,7 +3,11 @@
 Conv4, 5-way 1-shot 15-query, 28x28x1 synthetic images, meta-batch T (32), one full outer step
 including Adam, for each inner-step count and each path:
 
-* ``stored``    metareg maml, every inner step's second-order graph kept until the backward;
+* ``stored``    metareg maml, every inner step's second-order graph kept until the backward (on
+                CPU with ``task_parallel``, the default, the step runs Conv4's own chunks of tasks,
+                2 here, each with its graph, on two workers per thread, or one by one with one
+                thread);
+* ``stored_whole`` the same with ``task_parallel=false``: the whole meta-batch's graph at once;
 * ``recompute`` metareg maml with ``recompute=true`` (one step's graph at a time in the backward;
                 on CPU the step follows Conv4's own chunks of tasks, 2 here, so one chunk's graph
                 is alive at a time);
@@ -45,7 +49,7 @@ from torch import nn
 from torch.func import functional_call
 
 WAYS, SHOTS, QUERY, LR = 5, 1, 15, 0.1
-PATHS = ("stored", "recompute", "recompute_whole", "chunked", "imaml", "loop", "loop1")
+PATHS = ("stored", "stored_whole", "recompute", "recompute_whole", "chunked", "imaml", "loop", "loop1")
 
 
 def episodes(t: int, device: str):
@@ -104,7 +108,8 @@ def make_step(path: str, steps: int, t: int, device: str, cg_steps: int, chunk: 
         else:
             spec = get_registry().get("algorithm", "maml")
             over.update(recompute=path in ("recompute", "recompute_whole", "chunked"),
-                        task_chunk={"chunked": chunk, "recompute_whole": t}.get(path, 0))
+                        task_chunk={"chunked": chunk, "recompute_whole": t}.get(path, 0),
+                        task_parallel=path != "stored_whole")
         learner = spec.factory(spec.config(**over), ctx).to(device)
         opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
         batch = TaskBatch(sx, sy, qx, qy)

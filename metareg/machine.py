@@ -87,14 +87,16 @@ def _workers(n: int) -> ThreadPoolExecutor:
 
 def task_workers(threads: int) -> int:
     """Workers for independent work items (a meta-batch's chunks of tasks) on ``threads`` cores:
-    one more than the threads, or 1 for one thread.
+    two per core, or 1 for one thread.
 
     The kernel shares a core among the threads that want it.  Beside one busy process on 2 cores,
     2 workers get 1.5 cores while the scheduler leaves one of them alone on the free core and 1
-    core while it puts both there, and it moves them back and forth (measured: 1.5x the quiet step
-    time); 3 workers of 4 runnable threads get about 1.5 cores wherever they are (1.29x); quiet,
-    3 workers take the same time as 2 (benchmarks/RESULTS.md, "Speed on a busy machine")."""
-    return threads + 1 if threads > 1 else 1
+    core while it puts both there, and it moves them back and forth; more workers than cores keep
+    every core's queue holding some of ours wherever they are placed: 3 of 4 runnable threads get
+    about 1.5 cores, 4 of 5 about 1.6.  Measured on the Conv4 MAML step (loaded / quiet): 2 workers
+    1.5-1.6x, 3 workers 1.29-1.44x, 4 workers 1.20-1.33x; quiet, 4 take 0-5% longer than 2
+    (benchmarks/RESULTS.md, "Speed on a busy machine").  Each worker holds one chunk's graph."""
+    return 2 * threads if threads > 1 else 1
 
 
 def in_order(fn: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:

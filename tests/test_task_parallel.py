@@ -1,5 +1,5 @@
 """``task_parallel``: on CPU, a gradient meta-learner runs the backbone's chunks of tasks one by
-one, each chunk's ops on one thread, on one more worker than the run has threads
+one, each chunk's ops on one thread, on two workers per thread of the run
 (``metareg.machine.in_order``, ``task_workers``).
 
 The meta-gradient must be the whole meta-batch's (float64, every MAML-family learner on Conv4),
@@ -75,7 +75,7 @@ def test_parallel_chunks_give_the_whole_meta_batch_gradient(algo, over, two_thre
     parallel = _learner(algo, torch.float64, **over)
     assert parallel._parallel_chunk(batch) == 2
     loss, got = _step(parallel, batch)
-    assert parallel.step_workers == 3
+    assert parallel.step_workers == 4
     assert len(want) == len(got) >= 1 and want[0].abs().max() > 1e-6
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
@@ -88,7 +88,7 @@ def test_parallel_chunks_give_the_whole_meta_batch_gradient(algo, over, two_thre
 
 
 def test_chunks_have_the_same_bits_for_any_thread_count():
-    # 1 thread: the chunks one by one on the caller's thread; 2 and 3: on 3 and 4 workers
+    # 1 thread: the chunks one by one on the caller's thread; 2 and 3: on 4 and 6 workers
     batch = _batch(torch.float32)
 
     def step():
@@ -97,7 +97,7 @@ def test_chunks_have_the_same_bits_for_any_thread_count():
         return learner.step_workers, result
 
     runs = at_thread_counts(step, counts=(1, 2, 3))
-    assert [workers for workers, _ in runs] == [1, 3, 4]
+    assert [workers for workers, _ in runs] == [1, 4, 6]
     (l1, g1) = runs[0][1]
     for _, (loss, grads) in runs[1:]:
         assert loss == l1 and all(torch.equal(a, b) for a, b in zip(grads, g1))
@@ -107,7 +107,7 @@ def test_task_parallel_false_runs_the_whole_meta_batch(two_threads):
     batch = _batch(torch.float32)
     assert _learner("maml", torch.float32, task_parallel=False)._backbone_chunk(batch) == 0
     assert _learner("maml", torch.float32)._backbone_chunk(batch) == 2
-    assert machine.task_workers(1) == 1 and machine.task_workers(2) == 3
+    assert machine.task_workers(1) == 1 and machine.task_workers(2) == 4
 
 
 def test_in_order_keeps_the_items_order_and_the_callers_threads():
@@ -172,7 +172,7 @@ def test_metric_learners_in_chunks_give_the_whole_meta_batch_gradient(algo, over
         grads = [p.grad.clone() for p in learner.parameters() if p.grad is not None]
         results.append((out, grads)), workers.append(learner.step_workers)
     (want_out, want), (out, got) = results
-    assert workers == [1, 3] and len(got) == len(want) >= 1 and want[0].abs().max() > 1e-6
+    assert workers == [1, 4] and len(got) == len(want) >= 1 and want[0].abs().max() > 1e-6
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-13)
     assert out["loss"] == pytest.approx(want_out["loss"], rel=1e-12)

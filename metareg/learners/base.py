@@ -25,15 +25,15 @@ __all__ = ["Learner", "LearnerContext", "TASK_PARALLEL_HELP", "task_parallel_wor
 
 #: the ``task_parallel`` option of meta-learners whose meta-batch runs in chunks of tasks
 TASK_PARALLEL_HELP = ("on CPU, where the backbone splits the meta-batch into chunks of tasks anyway (conv4/resnet12), "
-                      "run the step chunk by chunk, each chunk's ops on one thread, on one more worker than the run "
-                      "has threads (the same gradient, with the same bits for every thread count; faster, and it "
+                      "run the step chunk by chunk, each chunk's ops on one thread, on two workers per thread of the "
+                      "run (the same gradient, with the same bits for every thread count; faster, and it "
                       "holds up on a busy machine, where an op split across threads waits for a descheduled one); "
                       "false: the whole meta-batch at once, each op split across the threads")
 
 
 def task_parallel_workers(config: Any, batch: TaskBatch) -> int:
-    """Workers for a step's chunks of tasks: with ``config.task_parallel`` on CPU, one more than
-    the run's intra-op threads (:func:`metareg.machine.task_workers`), else 1 (the caller's
+    """Workers for a step's chunks of tasks: with ``config.task_parallel`` on CPU, two per
+    intra-op thread of the run (:func:`metareg.machine.task_workers`), else 1 (the caller's
     thread, one chunk at a time)."""
     if not getattr(config, "task_parallel", False) or batch.query_x.device.type != "cpu":
         return 1
