@@ -64,8 +64,9 @@ def _bench(benchmark, fn, role, label):
         benchmark.pedantic(fn, rounds=ROUNDS, iterations=1, warmup_rounds=1)
 
 
-def metareg_step(episodes):
-    """One outer step of metareg's MAML (with Adam) on ``episodes``, as a function of nothing."""
+def metareg_step(episodes, **over):
+    """One outer step of metareg's MAML (with Adam) on ``episodes``, as a function of nothing
+    (``over``: config overrides, e.g. ``task_parallel=False``)."""
     from metareg.learners import LearnerContext
     from metareg.plugins import get_registry
     from metareg.tasks import TaskBatch, TaskInfo
@@ -74,7 +75,7 @@ def metareg_step(episodes):
     info = TaskInfo(input_shape=(1, 28, 28), output_dim=WAYS, loss="cross_entropy", metric="accuracy")
     ctx = LearnerContext(task=info, make_backbone=lambda name=None: conv4((1, 28, 28), WAYS),
                          generator=torch.Generator().manual_seed(0), device=torch.device(DEVICE))
-    learner = spec.factory(spec.config(inner_lr=LR), ctx).to(DEVICE)
+    learner = spec.factory(spec.config(inner_lr=LR, **over), ctx).to(DEVICE)
     opt = torch.optim.Adam(learner.parameters(), lr=1e-3)
     batch = TaskBatch(episodes.sx, episodes.sy, episodes.qx, episodes.qy)
 
