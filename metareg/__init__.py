@@ -40,7 +40,9 @@ from .learners import (  # noqa: E402
     solve_spd,
     task_jacobian,
 )
+from .learners.base import TASK_PARALLEL_HELP  # noqa: E402
 from .learners.meta_batch import reverse_gradient  # noqa: E402
+from .machine import in_order  # noqa: E402
 from .learners.multitask import TaskNetworksLearner, pick_columns, run_columns  # noqa: E402
 from .nets import Flatten, FunctionalNet, Layer, Linear, ReLU, mlp  # noqa: E402
 from .nets.conv import batch_norm, conv4, resnet12  # noqa: E402
@@ -101,6 +103,9 @@ __all__ = [
     "run_columns",
     "pick_columns",
     "reverse_gradient",
+    # chunks of a meta-batch on single-threaded worker threads (task_parallel)
+    "TASK_PARALLEL_HELP",
+    "in_order",
     # combiners and their [T, T] solvers
     "Combiner",
     "GramCombiner",

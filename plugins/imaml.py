@@ -28,7 +28,6 @@ from torch import Tensor
 
 import metareg
 from metareg import GradientMetaConfig, GradientMetaLearner
-from metareg.machine import in_order
 
 PAPER = "Rajeswaran, Finn, Kakade, Levine. Meta-Learning with Implicit Gradients. NeurIPS 2019"
 
@@ -137,11 +136,11 @@ class IMAML(GradientMetaLearner):
         mo = self.meta_objective
         theta = self.theta.detach()
         # the tasks are independent: task_chunk bounds the memory of one pass, and task_parallel
-        # runs the backbone's chunks on workers of one thread each (metareg.machine.in_order)
+        # runs the backbone's chunks on workers of one thread each (metareg.in_order)
         chunk = self.config.task_chunk or self._parallel_chunk(batch) or batch.num_tasks
         self.step_workers = self._task_workers(batch) if chunk < batch.num_tasks else 1
-        parts = in_order(lambda i: self.task_gradients(theta, batch.slice(i, i + chunk)),
-                         range(0, batch.num_tasks, chunk), self.step_workers)
+        parts = metareg.in_order(lambda i: self.task_gradients(theta, batch.slice(i, i + chunk)),
+                                 range(0, batch.num_tasks, chunk), self.step_workers)
         rows, query_losses = (torch.cat(x) for x in zip(*parts))
         out = {}
         if mo.needs_jacobian:

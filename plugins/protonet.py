@@ -14,7 +14,6 @@ from torch import nn
 
 import metareg
 from metareg import EmbeddingLearner, class_means
-from metareg.learners.base import TASK_PARALLEL_HELP
 
 
 @metareg.config
@@ -26,7 +25,7 @@ class ProtoNetConfig:
                                            "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
     adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
                                             "reversal (0: off); needs training tasks with ids", ge=0)
-    task_parallel: bool = metareg.param(True, TASK_PARALLEL_HELP)
+    task_parallel: bool = metareg.param(True, metareg.TASK_PARALLEL_HELP)
 
 
 @metareg.algorithm("protonet", kind="meta", family="metric", summary="nearest class mean (prototype) in embedding space",

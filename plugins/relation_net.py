@@ -24,7 +24,6 @@ from torch import nn
 
 import metareg
 from metareg import EmbeddingLearner, batch_norm, class_means, one_hot
-from metareg.learners.base import TASK_PARALLEL_HELP
 
 
 @metareg.config
@@ -39,7 +38,7 @@ class RelationNetConfig:
                                            "mean loss) or a multi-task combiner (pcgrad, mgda, cagrad, upgrad, ...)")
     adversarial: float = metareg.param(0.0, "weight of a task discriminator on the embeddings trained through gradient "
                                             "reversal (0: off); needs training tasks with ids", ge=0)
-    task_parallel: bool = metareg.param(True, TASK_PARALLEL_HELP)
+    task_parallel: bool = metareg.param(True, metareg.TASK_PARALLEL_HELP)
 
 
 @metareg.algorithm("relation_net", kind="meta", family="metric", summary="a learned relation score between query and class",

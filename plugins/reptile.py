@@ -15,7 +15,6 @@ import torch
 
 import metareg
 from metareg import GradientMetaConfig, GradientMetaLearner
-from metareg.machine import in_order
 
 
 @metareg.config
@@ -58,8 +57,8 @@ class Reptile(GradientMetaLearner):
         t = batch.num_tasks
         chunk = self._parallel_chunk(batch) or t
         self.step_workers = self._task_workers(batch) if chunk < t else 1
-        before_t, fast = (torch.cat(v) for v in zip(*in_order(lambda i: adapt(i, chunk), range(0, t, chunk),
-                                                               self.step_workers)))
+        parts = metareg.in_order(lambda i: adapt(i, chunk), range(0, t, chunk), self.step_workers)
+        before_t, fast = (torch.cat(v) for v in zip(*parts))
         before = before_t.mean().item()
         out = {}
         if mo.needs_jacobian:
