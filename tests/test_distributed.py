@@ -35,7 +35,8 @@ def _run(args, out, nproc=None):
     return p
 
 
-@pytest.mark.parametrize("case", [c if c != "protonet" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
+# maml stays in the default suite; the other learners' cases (20 s each) run with `make test-slow`
+@pytest.mark.parametrize("case", [c if c == "maml" else pytest.param(c, marks=pytest.mark.slow) for c in CASES])
 def test_two_processes_follow_one(tmp_path, case):
     one, two = tmp_path / "one", tmp_path / "two"
     _run(CASES[case], one)

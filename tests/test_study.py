@@ -180,6 +180,7 @@ def _workers(out):
     return pids
 
 
+@pytest.mark.slow  # 25 s: the default suite keeps the single run's signal tests (test_durability.py)
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_interrupted_comparison_stops_as_a_whole_and_resumes(tmp_path):
     """SIGINT to the comparison alone (not its process group) while two runs train and a third
