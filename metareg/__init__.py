@@ -42,8 +42,8 @@ from .learners import (  # noqa: E402
 )
 from .learners.base import TASK_PARALLEL_HELP  # noqa: E402
 from .learners.meta_batch import reverse_gradient  # noqa: E402
-from .machine import in_order  # noqa: E402
 from .learners.multitask import TaskNetworksLearner, pick_columns, run_columns  # noqa: E402
+from .machine import in_order  # noqa: E402
 from .nets import Flatten, FunctionalNet, Layer, Linear, ReLU, mlp  # noqa: E402
 from .nets.conv import batch_norm, conv4, resnet12  # noqa: E402
 from .registry import CAPABILITIES, FAMILIES, KINDS, algorithm, backbone, benchmark, combiner  # noqa: E402

@@ -34,6 +34,7 @@ class MatchingNetConfig:
                    config=MatchingNetConfig, requires={"episodic", "classification"})
 class MatchingNet(EmbeddingLearner):
     episodes_independent = True  # each episode's logits and loss from its own embeddings
+
     def __init__(self, config, context):
         super().__init__(config, context)
         if config.fce:

@@ -33,6 +33,7 @@ class ProtoNetConfig:
                    config=ProtoNetConfig, requires={"episodic", "classification"})
 class ProtoNet(EmbeddingLearner):
     episodes_independent = True  # each episode's logits and loss from its own embeddings
+
     def __init__(self, config, context):
         super().__init__(config, context)
         if config.distance == "cosine":

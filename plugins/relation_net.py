@@ -46,6 +46,7 @@ class RelationNetConfig:
                    config=RelationNetConfig, requires={"episodic", "classification"})
 class RelationNet(EmbeddingLearner):
     episodes_independent = True  # the relation module's batch statistics are per episode too
+
     def __init__(self, config, context):
         super().__init__(config, context)
         d, c, h = self.feature_dim, config.relation_channels, config.relation_hidden

@@ -46,18 +46,20 @@ class Reptile(GradientMetaLearner):
         theta = self.theta.detach()
         mo = self.meta_objective
 
-        def adapt(i: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:  # tasks i:i+n: losses before, fast weights
-            with torch.no_grad():
-                before_t = self.losses(self.predict(theta, x[i: i + n]), y[i: i + n])
-            with torch.enable_grad():
-                fast, _ = self.inner_loop(theta, x[i: i + n], y[i: i + n], self.config.inner_steps, create_graph=False)
-            return before_t, fast.detach()
-
         # on CPU, task_parallel runs the backbone's chunks of tasks on workers of one thread each
         t = batch.num_tasks
         chunk = self._parallel_chunk(batch) or t
         self.step_workers = self._task_workers(batch) if chunk < t else 1
-        parts = metareg.in_order(lambda i: adapt(i, chunk), range(0, t, chunk), self.step_workers)
+
+        def adapt(i: int) -> tuple[torch.Tensor, torch.Tensor]:  # tasks i:i+chunk: losses before, fast weights
+            xs, ys = x[i: i + chunk], y[i: i + chunk]
+            with torch.no_grad():
+                before_t = self.losses(self.predict(theta, xs), ys)
+            with torch.enable_grad():
+                fast, _ = self.inner_loop(theta, xs, ys, self.config.inner_steps, create_graph=False)
+            return before_t, fast.detach()
+
+        parts = metareg.in_order(adapt, range(0, t, chunk), self.step_workers)
         before_t, fast = (torch.cat(v) for v in zip(*parts))
         before = before_t.mean().item()
         out = {}

@@ -21,7 +21,8 @@ from ..machine import in_order, task_workers
 from ..nets import FunctionalNet
 from ..tasks.base import TaskBatch, TaskInfo, task_losses
 
-__all__ = ["Learner", "LearnerContext", "TASK_PARALLEL_HELP", "task_parallel_workers", "accumulate_chunks"]
+__all__ = ["Learner", "LearnerContext", "TASK_PARALLEL_HELP", "task_parallel_on", "task_parallel_workers",
+           "backbone_chunk", "accumulate_grad", "accumulate_chunks"]
 
 #: the ``task_parallel`` option of meta-learners whose meta-batch runs in chunks of tasks
 TASK_PARALLEL_HELP = ("on CPU, where the backbone splits the meta-batch into chunks of tasks anyway (conv4/resnet12), "
@@ -31,13 +32,34 @@ TASK_PARALLEL_HELP = ("on CPU, where the backbone splits the meta-batch into chu
                       "false: the whole meta-batch at once, each op split across the threads")
 
 
+def task_parallel_on(config: Any, batch: TaskBatch) -> bool:
+    """Whether a step runs its chunks of tasks on single-threaded workers: ``config.task_parallel``
+    and a CPU batch."""
+    return bool(getattr(config, "task_parallel", False)) and batch.query_x.device.type == "cpu"
+
+
 def task_parallel_workers(config: Any, batch: TaskBatch) -> int:
-    """Workers for a step's chunks of tasks: with ``config.task_parallel`` on CPU, two per
-    intra-op thread of the run (:func:`metareg.machine.task_workers`), else 1 (the caller's
-    thread, one chunk at a time)."""
-    if not getattr(config, "task_parallel", False) or batch.query_x.device.type != "cpu":
-        return 1
-    return task_workers(torch.get_num_threads())
+    """Workers for a step's chunks of tasks: with :func:`task_parallel_on`, two per intra-op
+    thread of the run (:func:`metareg.machine.task_workers`), else 1 (the caller's thread, one
+    chunk at a time)."""
+    return task_workers(torch.get_num_threads()) if task_parallel_on(config, batch) else 1
+
+
+def backbone_chunk(net: Any, x: Tensor) -> int:
+    """Tasks of ``x`` [T, N, *in] per chunk where ``net`` splits a meta-batch into chunks anyway
+    (Conv4 and ResNet-12 on CPU, ``ConvNet.tasks_per_chunk``), so chunks of that size cost no
+    batching; 0 where it takes all T at once."""
+    per_chunk = getattr(net, "tasks_per_chunk", None)
+    chunk = per_chunk(x) if per_chunk is not None else 0
+    return chunk if chunk < x.shape[0] else 0
+
+
+def accumulate_grad(param: Tensor, grad: Tensor) -> None:
+    """``param.grad += grad`` (``grad`` itself, in the param's dtype, when there is none yet)."""
+    if param.grad is None:
+        param.grad = grad.to(param.dtype)
+    else:
+        param.grad.add_(grad)
 
 
 def accumulate_chunks(params: Sequence[Tensor], chunk: Callable[[int], tuple], starts: Sequence[int],
@@ -49,15 +71,10 @@ def accumulate_chunks(params: Sequence[Tensor], chunk: Callable[[int], tuple], s
     extras = []
     for grads, *extra in in_order(chunk, starts, workers):
         for p, g in zip(params, grads):
-            if g is None:
-                continue
-            if p.grad is None:
-                p.grad = g.to(p.dtype)
-            else:
-                p.grad.add_(g)
+            if g is not None:
+                accumulate_grad(p, g)
         extras.append(tuple(extra))
     return extras
-
 
 @dataclasses.dataclass
 class LearnerContext:

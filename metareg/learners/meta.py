@@ -31,7 +31,8 @@ from ..config import config, param
 from ..errors import IncompatibleError
 from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch, task_losses
-from .base import TASK_PARALLEL_HELP, Learner, LearnerContext, accumulate_chunks, task_parallel_workers
+from .base import (TASK_PARALLEL_HELP, Learner, LearnerContext, accumulate_chunks, accumulate_grad, backbone_chunk,
+                   task_parallel_on, task_parallel_workers)
 from .meta_batch import MetaBatchObjective
 
 __all__ = ["GradientMetaLearner", "GradientMetaConfig"]
@@ -288,9 +289,9 @@ class GradientMetaLearner(Learner):
                     self.net, self.theta.detach(), batch.support_x, batch.support_y, batch.query_x, batch.query_y,
                     self.task.loss, _detached(lr), self.config.inner_steps, first_order=self.config.first_order,
                     lr_grad=learn_lr)
-            _accumulate(self.theta, d_theta)
+            accumulate_grad(self.theta, d_theta)
             if learn_lr:
-                _accumulate(lr, d_lr)
+                accumulate_grad(lr, d_lr)
         return {"loss": losses.mean().item()}
 
     def _compiled_meta_gradient(self, learn_lr: bool):
@@ -311,18 +312,10 @@ class GradientMetaLearner(Learner):
         return task_parallel_workers(self.config, batch)
 
     def _parallel_chunk(self, batch: TaskBatch) -> int:
-        """Tasks per chunk of ``task_parallel``: the backbone's own chunk where it splits the
-        meta-batch anyway (Conv4 and ResNet-12 on CPU, see ``ConvNet.tasks_per_chunk``), so chunks
-        cost no batching the forward had not already given up; 0 (no chunks) where it does not,
-        on other devices, or with ``task_parallel=false``."""
-        if not getattr(self.config, "task_parallel", False) or batch.query_x.device.type != "cpu":
-            return 0
-        return self._net_chunk(batch)
-
-    def _net_chunk(self, batch: TaskBatch) -> int:
-        per_chunk = getattr(self.net, "tasks_per_chunk", None)
-        chunk = per_chunk(batch.query_x) if per_chunk is not None else 0
-        return chunk if chunk < batch.num_tasks else 0
+        """Tasks per chunk of ``task_parallel`` (:func:`~metareg.learners.base.backbone_chunk` of
+        the query set); 0 (no chunks) where the backbone takes the whole meta-batch, on other
+        devices, or with ``task_parallel=false``."""
+        return backbone_chunk(self.net, batch.query_x) if task_parallel_on(self.config, batch) else 0
 
     def _backbone_chunk(self, batch: TaskBatch) -> int:
         """Tasks per chunk of a step without ``task_chunk``: :meth:`_parallel_chunk`, and the same
@@ -333,7 +326,7 @@ class GradientMetaLearner(Learner):
         if not mo.plain or mo.adversarial or mo.needs_jacobian:
             return 0
         if getattr(self.config, "recompute", False) and not self.config.first_order:
-            return self._net_chunk(batch)
+            return backbone_chunk(self.net, batch.query_x)
         return self._parallel_chunk(batch)
 
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
@@ -410,13 +403,6 @@ def explicit_meta_gradient(net, theta: Tensor, support_x: Tensor, support_y: Ten
         if not first_order:
             v = v - net.loss_hvp(p_k, v * lr, acts_k, grads_k, loss)
     return losses, v.sum(0) / t, None if d_lr is None else d_lr / t
-
-
-def _accumulate(param: Tensor, grad: Tensor) -> None:
-    if param.grad is None:
-        param.grad = grad.to(param.dtype)
-    else:
-        param.grad.add_(grad)
 
 
 def _detached(lr: float | Tensor) -> float | Tensor:

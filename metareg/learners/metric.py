@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from ..errors import IncompatibleError
 from ..nets.functional import differentiated_once
 from ..tasks.base import TaskBatch
-from .base import Learner, LearnerContext, accumulate_chunks, task_parallel_workers
+from .base import Learner, LearnerContext, accumulate_chunks, backbone_chunk, task_parallel_on, task_parallel_workers
 from .meta_batch import MetaBatchObjective
 
 __all__ = ["EmbeddingLearner", "class_means", "one_hot"]
@@ -107,14 +107,11 @@ class EmbeddingLearner(Learner):
         meta-batch) where it has none, for combiners and ``adversarial`` (they need every episode
         at once) and for learners whose episodes are not independent."""
         mo = self.meta_objective
-        per_chunk = getattr(self.net, "tasks_per_chunk", None)
-        if (not self.episodes_independent or per_chunk is None or not mo.plain or mo.adversarial
-                or not getattr(self.config, "task_parallel", False) or batch.query_x.device.type != "cpu"):
+        if not self.episodes_independent or not mo.plain or mo.adversarial or not task_parallel_on(self.config, batch):
             return 0
         q = batch.query_x
         both = q[:, :1].expand(-1, batch.support_x.shape[1] + q.shape[1], *q.shape[2:])  # the shape embed() sees
-        chunk = per_chunk(both)
-        return chunk if chunk < batch.num_tasks else 0
+        return backbone_chunk(self.net, both)
 
     def _chunked_step(self, batch: TaskBatch, chunk: int) -> dict[str, float]:
         """The plain mean loss ``chunk`` episodes at a time, on workers of one thread each: each
