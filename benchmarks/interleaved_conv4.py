@@ -6,7 +6,7 @@ them alternately in one process, so each pair sees the same machine, and reports
 each pair and their median.  Same step, shapes and recipe as `bench_maml_conv4.py` (it imports
 them).
 
-    python benchmarks/interleaved_conv4.py [--pairs 8]
+    python benchmarks/interleaved_conv4.py [--pairs 8] [--whole]   # --whole: also task_parallel=false
 """
 
 from __future__ import annotations
